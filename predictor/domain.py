@@ -1,0 +1,177 @@
+"""Plain data shared by every layer: rollouts, observations, assessments and decisions.
+
+Nothing here does I/O or imports another module of the package. Times are POSIX seconds (float, UTC).
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+ANNOTATION_PREFIX = "predictor.io/"
+"""Annotations the actuator writes on a Deployment and the rollout sources read back after a restart."""
+ANNOTATION_ACTED_REVISION = ANNOTATION_PREFIX + "acted-revision"
+ANNOTATION_ACTION = ANNOTATION_PREFIX + "action"
+ANNOTATION_ACTED_AT = ANNOTATION_PREFIX + "acted-at"
+ANNOTATION_REASON = ANNOTATION_PREFIX + "reason"
+ANNOTATION_RISK = ANNOTATION_PREFIX + "risk"
+ANNOTATION_PREDICTED_BREACH = ANNOTATION_PREFIX + "predicted-breach"
+ANNOTATION_DRY_RUN = ANNOTATION_PREFIX + "dry-run"
+REVISION_ANNOTATION = "deployment.kubernetes.io/revision"
+POD_TEMPLATE_HASH_LABEL = "pod-template-hash"
+
+
+class Direction(enum.StrEnum):
+    """Which side of the threshold is bad."""
+
+    ABOVE = "above"
+    BELOW = "below"
+
+
+class Scope(enum.StrEnum):
+    """Which pods of a Deployment an observation covers."""
+
+    DEPLOYMENT = "deployment"
+    NEW = "new"
+    OLD = "old"
+
+
+class Action(enum.StrEnum):
+    """What the policy asks for. Ordered by severity in ACTION_SEVERITY."""
+
+    NONE = "none"
+    ALERT = "alert"
+    PAUSE = "pause"
+    UNDO = "undo"
+
+
+ACTION_SEVERITY: Mapping[Action, int] = {Action.NONE: 0, Action.ALERT: 1, Action.PAUSE: 2, Action.UNDO: 3}
+
+
+@dataclass(frozen=True, order=True)
+class DeploymentRef:
+    namespace: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True)
+class RolloutState:
+    """What a rollout source knows of one Deployment at one moment.
+
+    `new_hash` is the pod-template-hash of the ReplicaSet of the current revision; `old_hashes` those of the
+    older ReplicaSets that still run pods (or ran them while the rollout started). Pods are named
+    `<deployment>-<pod-template-hash>-<suffix>`, which is how observations are split into new and old.
+    """
+
+    ref: DeploymentRef
+    revision: int
+    new_hash: str | None
+    old_hashes: tuple[str, ...]
+    desired_replicas: int
+    updated_replicas: int
+    ready_new_replicas: int
+    old_replicas: int
+    started_at: float
+    """When the current revision's ReplicaSet was created (the rollout's start)."""
+    completed_at: float | None = None
+    """When every desired replica ran the new revision and no old pod was left; None while rolling out."""
+    paused: bool = False
+    progress_deadline_exceeded: bool = False
+    is_rollback: bool = False
+    """The current ReplicaSet existed before some older-revision ReplicaSet: a rollback to a known template."""
+    previous_revision: int | None = None
+    annotations: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def progress(self) -> float:
+        """Share of desired replicas that run the new revision, 0..1."""
+        if self.desired_replicas <= 0:
+            return 1.0
+        return min(1.0, self.updated_replicas / self.desired_replicas)
+
+    @property
+    def acted_revision(self) -> int | None:
+        """The revision this daemon already acted on, as recorded on the Deployment (survives restarts)."""
+        raw = self.annotations.get(ANNOTATION_ACTED_REVISION)
+        try:
+            return int(raw) if raw is not None else None
+        except ValueError:
+            return None
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One metric value for one scope of one Deployment at one time; value None means unknown."""
+
+    ref: DeploymentRef
+    metric: str
+    scope: Scope
+    time: float
+    value: float | None
+    error: str | None = None
+    pods: int = 0
+    """How many pods contributed; 0 when unknown."""
+
+    @property
+    def known(self) -> bool:
+        return self.value is not None and math.isfinite(self.value)
+
+
+@dataclass(frozen=True)
+class Assessment:
+    """A scorer's view of one metric of one rollout: a risk in 0..1 and why."""
+
+    metric: str
+    risk: float
+    value: float | None
+    threshold: float
+    direction: Direction
+    predicted_breach: float | None = None
+    """Time the threshold is predicted to be crossed (now if already crossed); None when not predicted."""
+    unknown: bool = False
+    """No usable data this tick: the scorer abstained."""
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Alert:
+    """An alert the daemon keeps sending to Alertmanager while active, then resolves."""
+
+    name: str
+    ref: DeploymentRef
+    revision: int
+    severity: str
+    metric: str
+    summary: str
+    description: str
+    starts_at: float
+    predicted_breach: float | None = None
+    risk: float = 0.0
+
+    @property
+    def key(self) -> tuple[str, str, str, int, str]:
+        return (self.name, self.ref.namespace, self.ref.name, self.revision, self.metric)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the policy decided for one rollout on one tick, with the figures behind it."""
+
+    ref: DeploymentRef
+    revision: int
+    time: float
+    action: Action
+    risk: float
+    reason: str
+    metric: str | None = None
+    predicted_breach: float | None = None
+    dry_run: bool = False
+    alerts: tuple[Alert, ...] = ()
+    """Alerts that are active after this decision (re-sent every tick while active)."""
+    resolved: tuple[Alert, ...] = ()
+    """Alerts that stopped being active with this decision."""

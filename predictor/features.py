@@ -1,0 +1,123 @@
+"""Pure: the recent history of observations per rollout revision, metric and scope, as arrays for scorers.
+
+The engine appends each tick's observations; scorers read windows of it. Nothing here does I/O or reads a clock.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+from predictor.domain import DeploymentRef, Observation, Scope
+
+SeriesKey = tuple[DeploymentRef, int, str, Scope]
+
+
+@dataclass(frozen=True)
+class Series:
+    """Known samples of one scope, oldest first, plus how many recent ticks in a row were unknown."""
+
+    times: np.ndarray
+    values: np.ndarray
+    pods: np.ndarray
+    trailing_unknown: int
+    last_error: str | None
+
+    @property
+    def empty(self) -> bool:
+        return self.values.size == 0
+
+    @property
+    def last(self) -> float | None:
+        return float(self.values[-1]) if self.values.size else None
+
+
+EMPTY_SERIES = Series(np.empty(0), np.empty(0), np.empty(0, dtype=int), 0, None)
+
+
+class MetricHistory:
+    """Bounded history of observations, keyed by (deployment, revision, metric, scope)."""
+
+    def __init__(self, lookback_seconds: float) -> None:
+        self.lookback_seconds = lookback_seconds
+        self._samples: dict[SeriesKey, deque[tuple[float, float | None, int, str | None]]] = {}
+
+    def add(self, revision: int, observations: Iterable[Observation]) -> None:
+        for obs in observations:
+            key = (obs.ref, revision, obs.metric, obs.scope)
+            buffer = self._samples.setdefault(key, deque())
+            if buffer and obs.time <= buffer[-1][0]:
+                continue  # a repeated or out-of-order tick adds nothing
+            value = obs.value if obs.known else None
+            buffer.append((obs.time, value, obs.pods, obs.error))
+            horizon = obs.time - self.lookback_seconds
+            while buffer and buffer[0][0] < horizon:
+                buffer.popleft()
+
+    def series(self, ref: DeploymentRef, revision: int, metric: str, scope: Scope) -> Series:
+        buffer = self._samples.get((ref, revision, metric, scope))
+        if not buffer:
+            return EMPTY_SERIES
+        known = [(t, v, p) for t, v, p, _ in buffer if v is not None]
+        trailing_unknown = 0
+        for _, value, _, _ in reversed(buffer):
+            if value is not None:
+                break
+            trailing_unknown += 1
+        last_error = buffer[-1][3]
+        if not known:
+            return Series(np.empty(0), np.empty(0), np.empty(0, dtype=int), trailing_unknown, last_error)
+        times, values, pods = zip(*known, strict=True)
+        return Series(np.array(times), np.array(values, dtype=float), np.array(pods), trailing_unknown, last_error)
+
+    def forget(self, ref: DeploymentRef, keep_revision: int | None = None) -> None:
+        """Drop the history of a Deployment (all revisions but `keep_revision`)."""
+        for key in [k for k in self._samples if k[0] == ref and k[1] != keep_revision]:
+            del self._samples[key]
+
+    def refs(self) -> set[tuple[DeploymentRef, int]]:
+        return {(k[0], k[1]) for k in self._samples}
+
+
+@dataclass(frozen=True)
+class Trend:
+    """A least-squares line through recent samples: value at `now`, slope per second and its t-statistic."""
+
+    level: float
+    slope: float
+    t_stat: float
+    points: int
+
+    def time_to(self, threshold: float) -> float | None:
+        """Seconds from now until the line reaches `threshold`; None if it moves away or is flat."""
+        if self.slope == 0 or not math.isfinite(self.slope):
+            return None
+        seconds = (threshold - self.level) / self.slope
+        return seconds if seconds >= 0 else None
+
+
+def fit_trend(series: Series, now: float, window_seconds: float, min_points: int = 4) -> Trend | None:
+    """Linear trend over the samples of the last `window_seconds`; None with fewer than `min_points`."""
+    if series.empty:
+        return None
+    mask = series.times >= now - window_seconds
+    times, values = series.times[mask], series.values[mask]
+    if times.size < min_points:
+        return None
+    x = times - now
+    x_mean, y_mean = x.mean(), values.mean()
+    sxx = float(((x - x_mean) ** 2).sum())
+    if sxx <= 0:
+        return None
+    slope = float(((x - x_mean) * (values - y_mean)).sum() / sxx)
+    level = float(y_mean - slope * x_mean)
+    residuals = values - (level + slope * x)
+    dof = times.size - 2
+    sigma2 = float((residuals**2).sum() / dof) if dof > 0 else 0.0
+    stderr = math.sqrt(sigma2 / sxx) if sigma2 > 0 else 0.0
+    t_stat = (math.inf if slope != 0 else 0.0) if stderr == 0.0 else slope / stderr
+    return Trend(level=level, slope=slope, t_stat=t_stat, points=int(times.size))

@@ -1,0 +1,200 @@
+"""Pure: decide(memory, rollout, assessments, now, policy) -> (memory, Decision). Called by the engine each tick.
+
+Per Deployment revision the memory moves watching -> at risk -> acted. Rules, in order:
+1. At most one action per revision, also across restarts: the Deployment's `predictor.io/acted-revision`
+   annotation counts as acted, and a person who resumes a paused rollout is not overruled.
+2. Hysteresis: risk must reach `risk_threshold` on `consecutive_ticks` ticks in a row; a clear tick resets
+   the count, an unknown tick neither counts nor resets.
+3. Unknown data never acts by itself; after `blind_after_ticks` unknown ticks in a row the rollout is reported
+   blind (an alert, or a pause when `blind_action: pause`), never undone.
+4. A rollback (the current ReplicaSet is an older template brought back) is never undone again: at most alerted.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from predictor.config import PolicyConfig, format_duration
+from predictor.domain import ANNOTATION_ACTION, Action, Alert, Assessment, Decision, RolloutState
+
+ALERT_BREACH = "PredictedSLOBreach"
+ALERT_BLIND = "PredictorBlind"
+
+
+class Phase(enum.StrEnum):
+    WATCHING = "watching"
+    AT_RISK = "at_risk"
+    ACTED = "acted"
+
+
+@dataclass(frozen=True)
+class RolloutMemory:
+    """What the policy remembers of one Deployment revision between ticks."""
+
+    revision: int
+    phase: Phase = Phase.WATCHING
+    risk_ticks: int = 0
+    clear_ticks: int = 0
+    unknown_ticks: int = 0
+    acted: Action = Action.NONE
+    acted_at: float | None = None
+    breach_alert: Alert | None = None
+    blind_alert: Alert | None = None
+
+    @property
+    def alerts(self) -> tuple[Alert, ...]:
+        return tuple(a for a in (self.breach_alert, self.blind_alert) if a is not None)
+
+
+def in_scope(rollout: RolloutState, now: float, policy: PolicyConfig) -> bool:
+    """A Deployment is watched while it rolls out and for `bake_seconds` after it completes."""
+    if rollout.new_hash is None:
+        return False
+    return rollout.completed_at is None or now - rollout.completed_at <= policy.bake_seconds
+
+
+def retire(memory: RolloutMemory, now: float) -> tuple[Alert, ...]:
+    """A revision left scope (completed its bake, was undone or replaced): its alerts resolve."""
+    return memory.alerts
+
+
+def not_applied(memory: RolloutMemory) -> RolloutMemory:
+    """The action did not happen (a follower, or the API failed): decide again on the next tick."""
+    return replace(memory, phase=Phase.AT_RISK, acted=Action.NONE, acted_at=None)
+
+
+def _chosen_action(rollout: RolloutState, policy: PolicyConfig) -> tuple[Action, str]:
+    action = policy.action
+    if action is Action.UNDO and rollout.is_rollback:
+        return Action.ALERT, " (undo withheld: this revision is itself a rollback)"
+    if action is Action.UNDO and rollout.previous_revision is None:
+        return Action.PAUSE, " (undo impossible: no previous revision; pausing instead)"
+    if action is Action.PAUSE and rollout.completed_at is not None:
+        return action, " (the rollout is complete: a pause stops nothing; `action: undo` would roll it back)"
+    return action, ""
+
+
+def _top(assessments: Sequence[Assessment]) -> Assessment | None:
+    known = [a for a in assessments if not a.unknown]
+    return max(known, key=lambda a: a.risk) if known else None
+
+
+def _breach_alert(rollout: RolloutState, top: Assessment, now: float, previous: Alert | None, acted: bool) -> Alert:
+    breach = "now" if top.predicted_breach is not None and top.predicted_breach <= now else (
+        f"in {format_duration(top.predicted_breach - now)}" if top.predicted_breach is not None else "not dated"
+    )
+    return Alert(
+        name=ALERT_BREACH,
+        ref=rollout.ref,
+        revision=rollout.revision,
+        severity="critical" if acted or (top.predicted_breach is not None and top.predicted_breach <= now)
+        else "warning",
+        metric=top.metric,
+        summary=f"{rollout.ref} revision {rollout.revision}: {top.metric} predicted to breach {breach}",
+        description=top.reason,
+        starts_at=previous.starts_at if previous else now,
+        predicted_breach=top.predicted_breach,
+        risk=top.risk,
+    )
+
+
+def _recorded_action(rollout: RolloutState) -> Action:
+    raw = rollout.annotations.get(ANNOTATION_ACTION, "")
+    return Action(raw) if raw in {a.value for a in Action} else Action.ALERT
+
+
+@dataclass(frozen=True)
+class _Tick:
+    """What every decision of one tick shares."""
+
+    rollout: RolloutState
+    top: Assessment | None
+    now: float
+    policy: PolicyConfig
+
+    def decision(
+        self, memory: RolloutMemory, action: Action, risk: float, reason: str, resolved: Sequence[Alert]
+    ) -> tuple[RolloutMemory, Decision]:
+        top = self.top
+        return memory, Decision(
+            ref=self.rollout.ref, revision=self.rollout.revision, time=self.now, action=action, risk=risk,
+            reason=reason, metric=top.metric if top else None,
+            predicted_breach=top.predicted_breach if top else None, dry_run=self.policy.dry_run,
+            alerts=memory.alerts, resolved=tuple(resolved),
+        )
+
+
+def decide(
+    memory: RolloutMemory | None,
+    rollout: RolloutState,
+    assessments: Sequence[Assessment],
+    now: float,
+    policy: PolicyConfig,
+) -> tuple[RolloutMemory, Decision]:
+    """One tick of the policy for one rollout revision."""
+    if memory is None or memory.revision != rollout.revision:
+        memory = RolloutMemory(revision=rollout.revision)
+    if memory.acted is Action.NONE and rollout.acted_revision == rollout.revision:
+        memory = replace(memory, phase=Phase.ACTED, acted=_recorded_action(rollout))
+    top = _top(assessments)
+    tick = _Tick(rollout, top, now, policy)
+    if top is None:
+        return _blind_tick(tick, memory, assessments)
+
+    resolved: list[Alert] = [memory.blind_alert] if memory.blind_alert is not None else []
+    at_risk = top.risk >= policy.risk_threshold
+    risk_ticks = memory.risk_ticks + 1 if at_risk else 0
+    clear_ticks = 0 if at_risk else memory.clear_ticks + 1
+    memory = replace(memory, unknown_ticks=0, blind_alert=None, risk_ticks=risk_ticks, clear_ticks=clear_ticks)
+    figures = (f"risk {top.risk:.2f} (threshold {policy.risk_threshold:.2f}, "
+               f"{risk_ticks}/{policy.consecutive_ticks} ticks)")
+
+    if not at_risk and memory.breach_alert is not None and clear_ticks >= policy.consecutive_ticks:
+        resolved.append(memory.breach_alert)
+        memory = replace(memory, breach_alert=None)
+
+    if memory.phase is Phase.ACTED:
+        if at_risk:
+            memory = replace(memory, breach_alert=_breach_alert(rollout, top, now, memory.breach_alert, True))
+        reason = f"already acted ({memory.acted}) on revision {rollout.revision}; {top.reason}; {figures}"
+        return tick.decision(memory, Action.NONE, top.risk, reason, resolved)
+
+    if not at_risk:
+        phase = Phase.AT_RISK if memory.breach_alert is not None else Phase.WATCHING
+        return tick.decision(replace(memory, phase=phase), Action.NONE, top.risk, f"{top.reason}; {figures}",
+                             resolved)
+
+    if risk_ticks < policy.consecutive_ticks:
+        return tick.decision(replace(memory, phase=Phase.AT_RISK), Action.NONE, top.risk,
+                             f"at risk, waiting for confirmation: {top.reason}; {figures}", resolved)
+
+    action, note = _chosen_action(rollout, policy)
+    memory = replace(memory, phase=Phase.ACTED, acted=action, acted_at=now,
+                     breach_alert=_breach_alert(rollout, top, now, memory.breach_alert, True))
+    return tick.decision(memory, action, top.risk, f"{action}{note}: {top.reason}; {figures}", resolved)
+
+
+def _blind_tick(
+    tick: _Tick, memory: RolloutMemory, assessments: Sequence[Assessment]
+) -> tuple[RolloutMemory, Decision]:
+    policy, rollout, now = tick.policy, tick.rollout, tick.now
+    unknown_ticks = memory.unknown_ticks + 1
+    memory = replace(memory, unknown_ticks=unknown_ticks)
+    causes = "; ".join(a.reason for a in assessments) or "no metrics configured"
+    if unknown_ticks < policy.blind_after_ticks:
+        reason = f"no usable data ({unknown_ticks}/{policy.blind_after_ticks} ticks): {causes}"
+        return tick.decision(memory, Action.NONE, 0.0, reason, ())
+    blind = Alert(
+        name=ALERT_BLIND, ref=rollout.ref, revision=rollout.revision, severity="warning", metric="",
+        summary=f"{rollout.ref} revision {rollout.revision}: rolling out with no usable metrics for "
+        f"{unknown_ticks} ticks",
+        description=causes,
+        starts_at=memory.blind_alert.starts_at if memory.blind_alert else now,
+    )
+    memory = replace(memory, blind_alert=blind)
+    if policy.blind_action is Action.PAUSE and memory.phase is not Phase.ACTED:
+        memory = replace(memory, phase=Phase.ACTED, acted=Action.PAUSE, acted_at=now)
+        return tick.decision(memory, Action.PAUSE, 0.0, f"pause: blind for {unknown_ticks} ticks ({causes})", ())
+    return tick.decision(memory, Action.NONE, 0.0, f"blind for {unknown_ticks} ticks: {causes}", ())

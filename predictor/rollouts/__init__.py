@@ -1,0 +1,1 @@
+"""Where rollout state comes from: the Kubernetes API (live) and replays (backtests)."""

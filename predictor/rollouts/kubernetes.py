@@ -1,0 +1,265 @@
+"""The live RolloutSource: Deployments and ReplicaSets of the targeted namespaces, kept in memory by watches.
+
+The daemon builds one at start, calls `sync()` once, then `list_rollouts()` every tick and `close()` on
+shutdown. A tick reads the cache only; background threads keep it current the way client-go's reflector does:
+list, then watch from the list's resourceVersion, resume from the last seen resourceVersion when a watch ends,
+re-list when the server answers 410 Gone (the version fell out of its window), and on any other error wait
+with exponential backoff, then re-list.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from kubernetes import client, watch
+from kubernetes.client.exceptions import ApiException
+
+from predictor.config import Target
+from predictor.domain import RolloutState
+from predictor.kube import call_json
+from predictor.rollouts.state import owned_replicasets, rollout_state_from_objects
+
+log = logging.getLogger(__name__)
+
+HTTP_GONE = 410
+
+
+class _Informer:
+    """List+watch of one kind in one namespace under one label selector; objects kept by name."""
+
+    def __init__(
+        self,
+        kind: str,
+        list_method: Callable[..., Any],
+        namespace: str,
+        selector: str,
+        *,
+        watch_timeout_seconds: float,
+        backoff_seconds: float,
+        max_backoff_seconds: float,
+        stopping: threading.Event,
+    ) -> None:
+        self.kind = kind
+        self.namespace = namespace
+        self.selector = selector
+        self._list = list_method
+        self._watch_timeout_seconds = watch_timeout_seconds
+        self._backoff_seconds = backoff_seconds
+        self._max_backoff_seconds = max_backoff_seconds
+        self._stopping = stopping
+        self._lock = threading.Lock()
+        self._objects: dict[str, dict[str, Any]] = {}
+        self._watch: watch.Watch | None = None
+        self._thread: threading.Thread | None = None
+        self.resource_version: str | None = None
+        self.synced = False
+        self.healthy = False
+
+    def __str__(self) -> str:
+        where = f"namespace {self.namespace}" + (f" selector {self.selector!r}" if self.selector else "")
+        return f"{self.kind} in {where}"
+
+    def _selector_kwargs(self) -> dict[str, Any]:
+        return {"label_selector": self.selector} if self.selector else {}
+
+    def relist(self) -> None:
+        """Replace the cache with a fresh LIST. Raises ApiException (and connection errors)."""
+        body = call_json(self._list, self.namespace, **self._selector_kwargs())
+        objects = {str(item["metadata"]["name"]): item for item in body.get("items") or []}
+        with self._lock:
+            self._objects = objects
+            self.resource_version = str((body.get("metadata") or {}).get("resourceVersion") or "") or None
+        self.synced = True
+        self.healthy = True
+        log.debug("listed %d %s objects at resourceVersion %s", len(objects), self, self.resource_version)
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self._objects.values())
+
+    def _apply_event(self, event: dict[str, Any]) -> None:
+        kind, obj = event.get("type"), event.get("raw_object") or event.get("object") or {}
+        metadata = obj.get("metadata") or {}
+        version = metadata.get("resourceVersion")
+        with self._lock:
+            if kind in ("ADDED", "MODIFIED"):
+                self._objects[str(metadata["name"])] = obj
+            elif kind == "DELETED":
+                self._objects.pop(str(metadata.get("name")), None)
+            if version:
+                self.resource_version = str(version)
+        self.healthy = True
+
+    def watch_once(self) -> None:
+        """One watch request from the current resourceVersion until the server ends it or `stop()`."""
+        stream = watch.Watch(return_type="object")  # "object": events keep the raw dict, unvalidated
+        self._watch = stream
+        try:
+            for event in stream.stream(
+                self._list,
+                self.namespace,
+                resource_version=self.resource_version,
+                allow_watch_bookmarks=True,
+                timeout_seconds=int(self._watch_timeout_seconds),
+                _request_timeout=(10, self._watch_timeout_seconds + 30),
+                **self._selector_kwargs(),
+            ):
+                if self._stopping.is_set():
+                    break
+                self._apply_event(event)
+        finally:
+            self._watch = None
+
+    def run(self) -> None:
+        delay = self._backoff_seconds
+        while not self._stopping.is_set():
+            try:
+                if not self.synced or self.resource_version is None:
+                    self.relist()
+                    delay = self._backoff_seconds
+                self.watch_once()
+            except ApiException as exc:
+                if self._stopping.is_set():
+                    break
+                if exc.status == HTTP_GONE:
+                    log.info("watch of %s expired (410 Gone at resourceVersion %s): re-listing",
+                             self, self.resource_version)
+                    self.synced = False
+                    continue
+                delay = self._fail(exc, delay)
+            except Exception as exc:  # connection reset, timeout, bad JSON: all retried the same way
+                if self._stopping.is_set():
+                    break
+                delay = self._fail(exc, delay)
+
+    def _fail(self, exc: BaseException, delay: float) -> float:
+        """Mark unhealthy, wait `delay` (cut short by close()), ask for a re-list; return the next delay."""
+        level = logging.WARNING if self.healthy else logging.DEBUG
+        log.log(level, "watch of %s failed, retrying in %.1fs: %s", self, delay, _describe(exc))
+        self.healthy = False
+        self.synced = False
+        self._stopping.wait(delay)
+        return min(delay * 2, self._max_backoff_seconds)
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self.run, name=f"watch-{self.kind}-{self.namespace}", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout_seconds: float) -> None:
+        current = self._watch
+        if current is not None:
+            current.stop()
+        if self._thread is not None:
+            self._thread.join(timeout_seconds)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ApiException):
+        return f"HTTP {exc.status} {exc.reason}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+class KubernetesRolloutSource:
+    """RolloutSource over the Kubernetes API for the Deployments that `targets` select.
+
+    One Deployment informer and one ReplicaSet informer per distinct (namespace, selector); the target's label
+    selector applies to both, so the pod template labels (which ReplicaSets carry) must include the labels the
+    selector names. Target names are filtered here, not by the API.
+    """
+
+    def __init__(
+        self,
+        api_client: client.ApiClient,
+        targets: Sequence[Target],
+        *,
+        watch_timeout_seconds: float = 300.0,
+        backoff_seconds: float = 1.0,
+        max_backoff_seconds: float = 60.0,
+    ) -> None:
+        """`watch_timeout_seconds`: how long the server keeps one watch open (default 300). `backoff_seconds`
+        (default 1) doubles after each failed attempt up to `max_backoff_seconds` (default 60)."""
+        self._targets = tuple(targets)
+        self._stopping = threading.Event()
+        self._started = False
+        self._start_lock = threading.Lock()
+        self._warned_orphans: set[tuple[str, str]] = set()
+        apps = client.AppsV1Api(api_client)
+        self._informers: dict[tuple[str, str, str], _Informer] = {}
+        for target in self._targets:
+            for kind, method in (
+                ("Deployment", apps.list_namespaced_deployment),
+                ("ReplicaSet", apps.list_namespaced_replica_set),
+            ):
+                key = (kind, target.namespace, target.selector)
+                if key not in self._informers:
+                    self._informers[key] = _Informer(
+                        kind, method, target.namespace, target.selector,
+                        watch_timeout_seconds=watch_timeout_seconds,
+                        backoff_seconds=backoff_seconds,
+                        max_backoff_seconds=max_backoff_seconds,
+                        stopping=self._stopping,
+                    )
+
+    def sync(self) -> None:
+        """List every watched collection now and start the watch threads. Raises ApiException when a LIST fails;
+        idempotent once it has succeeded."""
+        with self._start_lock:
+            if self._started:
+                return
+            for informer in self._informers.values():
+                if not informer.synced:
+                    informer.relist()
+            for informer in self._informers.values():
+                informer.start()
+            self._started = True
+
+    def list_rollouts(self, at: float) -> list[RolloutState]:
+        """State of every targeted Deployment from the cache (`at` is ignored: the cache is the present).
+
+        Syncs first if `sync()` was never called. While a watch is failing the cache is served as last seen,
+        and `is_online()` is False.
+        """
+        if not self._started:
+            self.sync()
+        seen: set[tuple[str, str]] = set()
+        states: list[RolloutState] = []
+        for target in self._targets:
+            deployments = self._informers[("Deployment", target.namespace, target.selector)].snapshot()
+            replicasets = self._informers[("ReplicaSet", target.namespace, target.selector)].snapshot()
+            for deployment in deployments:
+                name = str(deployment["metadata"]["name"])
+                key = (target.namespace, name)
+                if (target.names and name not in target.names) or key in seen:
+                    continue
+                seen.add(key)
+                self._warn_if_orphan(deployment, replicasets, target)
+                states.append(rollout_state_from_objects(deployment, replicasets))
+        states.sort(key=lambda state: state.ref)
+        return states
+
+    def _warn_if_orphan(self, deployment: dict[str, Any], replicasets: list[dict[str, Any]], target: Target) -> None:
+        """Say once when a Deployment that has run pods has no ReplicaSet in the cache: the selector misses them."""
+        key = (target.namespace, str(deployment["metadata"]["name"]))
+        status = deployment.get("status") or {}
+        if key in self._warned_orphans or not status.get("replicas") or owned_replicasets(deployment, replicasets):
+            return
+        self._warned_orphans.add(key)
+        log.warning(
+            "deployment %s/%s runs %s pods but no ReplicaSet of it matches selector %r: its pod template labels "
+            "must carry the selector's labels for new and old pods to be told apart",
+            key[0], key[1], status.get("replicas"), target.selector,
+        )
+
+    def is_online(self) -> bool:
+        """True once synced while no watch is failing (a routine re-list after 410 Gone does not count)."""
+        return self._started and all(informer.healthy for informer in self._informers.values())
+
+    def close(self, timeout_seconds: float = 5.0) -> None:
+        """Stop the watches and wait (up to `timeout_seconds` each) for their threads."""
+        self._stopping.set()
+        for informer in self._informers.values():
+            informer.stop(timeout_seconds)

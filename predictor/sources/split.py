@@ -1,0 +1,394 @@
+"""Turns per-pod query results into per-scope observations; renders query templates. Pure, no I/O.
+
+The Prometheus source (and anything else that gets one value per pod) calls `render_query` to build the one
+query of a tick for all rollouts, then `split_observations` to cut the result into the deployment, new-pod and
+old-pod scopes of each rollout. Pods are named `<deployment>-<pod-template-hash>-<suffix>`; a pod belongs to a
+rollout when its namespace matches and its name, split from the right (Deployment names may contain '-'),
+gives the Deployment's name and one of the rollout's tracked hashes.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from predictor.config import MetricSpec
+from predictor.domain import DeploymentRef, Observation, RolloutState, Scope
+
+SCOPES: tuple[Scope, ...] = (Scope.DEPLOYMENT, Scope.NEW, Scope.OLD)
+TINY_DENOMINATOR = 1e-9
+"""A summed denominator below this is treated as zero traffic, whatever `min_denominator` says."""
+AGGREGATES = ("max", "min", "mean", "sum")
+NEVER_MATCHES = r"[^\x00-\x{10FFFF}]"
+"""An RE2 regex that matches no string (an empty character class): the placeholder for an empty alternation."""
+
+_TOKEN = re.compile(r"\{(namespace|deployment|pods)\}")
+_RE2_META = frozenset("\\.+*?()|[]{}^$")
+_POD_SUFFIX = "[a-z0-9]+"
+
+
+class PodSample(NamedTuple):
+    """One value of one series of a query result: a pod's value, or one bucket (`le`) of a pod's histogram."""
+
+    namespace: str
+    pod: str
+    value: float
+    le: float | None = None
+
+
+@dataclass(frozen=True)
+class _Member:
+    ref: DeploymentRef
+    scope: Scope
+
+
+# --- query rendering -------------------------------------------------------------------------------------------
+
+
+def escape_regex(text: str) -> str:
+    """Escape RE2 metacharacters so `text` matches itself literally."""
+    return "".join("\\" + ch if ch in _RE2_META else ch for ch in text)
+
+
+def escape_promql_string(text: str) -> str:
+    """Escape for the inside of a double-quoted PromQL string literal."""
+    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _alternation(values: Iterable[str]) -> str:
+    unique = sorted(set(values))
+    if not unique:
+        return NEVER_MATCHES
+    return "|".join(escape_regex(v) for v in unique)
+
+
+def pods_regex(rollouts: Sequence[RolloutState]) -> str:
+    """A regex (not yet string-escaped) matching `<name>-<hash>-<suffix>` for every tracked hash of every rollout."""
+    hashes: dict[str, set[str]] = defaultdict(set)
+    for rollout in rollouts:
+        tracked = [h for h in (rollout.new_hash, *rollout.old_hashes) if h]
+        hashes[rollout.ref.name].update(tracked)
+    parts = [
+        f"{escape_regex(name)}-(?:{_alternation(tracked)})" for name, tracked in sorted(hashes.items()) if tracked
+    ]
+    if not parts:
+        return NEVER_MATCHES
+    return f"(?:{'|'.join(parts)})-{_POD_SUFFIX}"
+
+
+def render_query(template: str, rollouts: Sequence[RolloutState]) -> str:
+    """Replace exactly `{namespace}`, `{deployment}` and `{pods}` by escaped regexes; leave every other brace alone.
+
+    The values are meant for the inside of a double-quoted matcher (`pod=~"{pods}"`): they are escaped once as
+    RE2 regexes and once as PromQL string contents. With no rollouts, every placeholder matches nothing.
+    """
+    values = {
+        "namespace": _alternation(r.ref.namespace for r in rollouts),
+        "deployment": _alternation(r.ref.name for r in rollouts),
+        "pods": pods_regex(rollouts),
+    }
+    return _TOKEN.sub(lambda m: escape_promql_string(values[m.group(1)]), template)
+
+
+# --- splitting ---------------------------------------------------------------------------------------------------
+
+
+def parse_pod_name(pod: str) -> tuple[str, str] | None:
+    """`web-api-7d4b9c-x2x9z` -> ('web-api', '7d4b9c'); None when the name has fewer than three parts."""
+    parts = pod.rsplit("-", 2)
+    if len(parts) != 3 or not all(parts):
+        return None
+    return parts[0], parts[1]
+
+
+def _membership(rollouts: Sequence[RolloutState]) -> dict[tuple[str, str, str], _Member]:
+    index: dict[tuple[str, str, str], _Member] = {}
+    for rollout in rollouts:
+        ns, name = rollout.ref.namespace, rollout.ref.name
+        for old in rollout.old_hashes:
+            if old:
+                index.setdefault((ns, name, old), _Member(rollout.ref, Scope.OLD))
+        if rollout.new_hash:
+            # The new hash wins should a source ever list it among the old ones too.
+            index[(ns, name, rollout.new_hash)] = _Member(rollout.ref, Scope.NEW)
+    return index
+
+
+def assign_samples(
+    rollouts: Sequence[RolloutState], samples: Iterable[PodSample]
+) -> dict[tuple[DeploymentRef, Scope], list[PodSample]]:
+    """Group samples by (rollout, scope); DEPLOYMENT gets the union of NEW and OLD. Unknown pods are ignored."""
+    index = _membership(rollouts)
+    groups: dict[tuple[DeploymentRef, Scope], list[PodSample]] = defaultdict(list)
+    for sample in samples:
+        parsed = parse_pod_name(sample.pod)
+        if parsed is None:
+            continue
+        member = index.get((sample.namespace, parsed[0], parsed[1]))
+        if member is None:
+            continue
+        groups[(member.ref, member.scope)].append(sample)
+        groups[(member.ref, Scope.DEPLOYMENT)].append(sample)
+    return groups
+
+
+@dataclass(frozen=True)
+class ScopeValue:
+    """A combined value for one scope: value None means unknown, `error` then says why (or notes dropped pods)."""
+
+    value: float | None
+    pods: int
+    error: str | None = None
+
+
+def _is_finite(value: float) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)
+
+
+def _dropped_note(dropped: int) -> str:
+    return f"ignored {dropped} NaN/Inf pod value(s)"
+
+
+def _with_note(error: str, dropped: int) -> str:
+    return f"{error}; {_dropped_note(dropped)}" if dropped else error
+
+
+def combine_aggregate(samples: Sequence[PodSample], aggregate: str) -> ScopeValue:
+    """max/min/mean/sum of the finite per-pod values."""
+    if aggregate not in AGGREGATES:
+        raise ValueError(f"aggregate: expected one of {', '.join(AGGREGATES)}, got {aggregate!r}")
+    finite = [s for s in samples if _is_finite(s.value)]
+    dropped = len(samples) - len(finite)
+    if not samples:
+        return ScopeValue(None, 0, "no pods in the query result")
+    if not finite:
+        return ScopeValue(None, 0, f"no finite value: {_dropped_note(dropped)}")
+    values = [s.value for s in finite]
+    if aggregate == "max":
+        value = max(values)
+    elif aggregate == "min":
+        value = min(values)
+    elif aggregate == "sum":
+        value = math.fsum(values)
+    else:
+        value = math.fsum(values) / len(values)
+    return ScopeValue(value, len({(s.namespace, s.pod) for s in finite}), _dropped_note(dropped) if dropped else None)
+
+
+def combine_ratio(
+    numerator: Sequence[PodSample], denominator: Sequence[PodSample], min_denominator: float
+) -> ScopeValue:
+    """sum(numerator) / sum(denominator) over the pods that have a finite denominator.
+
+    A pod missing from the numerator counts 0 there (a `code=~"5.."` rate has no series for a pod without
+    errors); a pod with a NaN/Inf numerator or denominator is dropped from both sums.
+    """
+    if not denominator:
+        return ScopeValue(None, 0, "no pods in the denominator's result")
+    num_by_pod: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for s in numerator:
+        num_by_pod[(s.namespace, s.pod)].append(s.value)
+    den_by_pod: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for s in denominator:
+        den_by_pod[(s.namespace, s.pod)].append(s.value)
+    num_total: list[float] = []
+    den_total: list[float] = []
+    dropped = 0
+    for pod, dens in den_by_pod.items():
+        nums = num_by_pod.get(pod, [])
+        if not all(_is_finite(v) for v in (*dens, *nums)):
+            dropped += 1
+            continue
+        den_total.extend(dens)
+        num_total.extend(nums)
+    pods = len(den_by_pod) - dropped
+    if pods == 0:
+        return ScopeValue(None, 0, f"no finite value: ignored {dropped} pod(s) with NaN/Inf values")
+    den_sum = math.fsum(den_total)
+    limit = max(min_denominator, TINY_DENOMINATOR)
+    note = f"ignored {dropped} pod(s) with NaN/Inf values" if dropped else None
+    if den_sum < limit:
+        error = f"too little traffic: denominator {den_sum:.6g} < {limit:.6g} (min_denominator) over {pods} pod(s)"
+        return ScopeValue(None, pods, f"{error}; {note}" if note else error)
+    return ScopeValue(math.fsum(num_total) / den_sum, pods, note)
+
+
+def bucket_quantile(q: float, buckets: Iterable[tuple[float, float]]) -> float:
+    """PromQL's `histogram_quantile` on classic buckets `(upper_bound, cumulative_count)`; NaN where PromQL is NaN.
+
+    Linear interpolation within the bucket (lower bound 0 for the first bucket if its bound is positive); a
+    quantile in the +Inf bucket returns the second highest bound; no +Inf bucket, fewer than two buckets or zero
+    observations give NaN; equal bounds are merged, counts within 1e-12 relative are equalised and decreasing
+    counts are raised to the running maximum (the monotonicity fix).
+    """
+    if math.isnan(q):
+        return math.nan
+    if q < 0:
+        return -math.inf
+    if q > 1:
+        return math.inf
+    ordered = sorted(buckets, key=lambda b: b[0])
+    if not ordered or not math.isinf(ordered[-1][0]) or ordered[-1][0] < 0:
+        return math.nan
+    merged: list[list[float]] = []
+    for bound, count in ordered:
+        if merged and merged[-1][0] == bound:
+            merged[-1][1] += count
+        else:
+            merged.append([bound, count])
+    _correct_precision_errors(merged, 1e-12)
+    running = merged[0][1]
+    for bucket in merged[1:]:
+        if bucket[1] > running:
+            running = bucket[1]
+        elif bucket[1] < running:
+            bucket[1] = running
+    if len(merged) < 2:
+        return math.nan
+    observations = merged[-1][1]
+    if observations == 0:
+        return math.nan
+    rank = q * observations
+    b = next((i for i in range(len(merged) - 1) if merged[i][1] >= rank), len(merged) - 1)
+    if b == len(merged) - 1:
+        return merged[-2][0]
+    if b == 0 and merged[0][0] <= 0:
+        return merged[0][0]
+    start, end, count = 0.0, merged[b][0], merged[b][1]
+    if b > 0:
+        start = merged[b - 1][0]
+        count -= merged[b - 1][1]
+        rank -= merged[b - 1][1]
+    return start + (end - start) * (rank / count)
+
+
+def _correct_precision_errors(buckets: list[list[float]], tolerance: float) -> None:
+    prev = buckets[0][1]
+    for bucket in buckets[1:]:
+        delta = abs(bucket[1] - prev)
+        if delta == 0:
+            continue
+        if bucket[1] != 0 and delta / bucket[1] <= tolerance:
+            bucket[1] = prev
+        else:
+            prev = bucket[1]
+
+
+def combine_quantile(samples: Sequence[PodSample], q: float) -> ScopeValue:
+    """Sum the bucket rates per `le` over the pods, then `bucket_quantile`. A pod with a NaN/Inf bucket is dropped."""
+    if not samples:
+        return ScopeValue(None, 0, "no pods in the query result")
+    by_pod: dict[tuple[str, str], list[PodSample]] = defaultdict(list)
+    for s in samples:
+        by_pod[(s.namespace, s.pod)].append(s)
+    sums: dict[float, list[float]] = defaultdict(list)
+    dropped = 0
+    without_le = 0
+    pods = 0
+    for pod_samples in by_pod.values():
+        with_le = [s for s in pod_samples if s.le is not None and not math.isnan(s.le)]
+        without_le += len(pod_samples) - len(with_le)
+        if not with_le:
+            continue
+        if not all(_is_finite(s.value) for s in with_le):
+            dropped += 1
+            continue
+        pods += 1
+        for s in with_le:
+            assert s.le is not None
+            sums[s.le].append(s.value)
+    notes = []
+    if dropped:
+        notes.append(f"ignored {dropped} pod(s) with NaN/Inf buckets")
+    if without_le:
+        notes.append(f"ignored {without_le} series without a numeric 'le' label")
+    note = "; ".join(notes) or None
+    if pods == 0:
+        error = "no pod with finite histogram buckets"
+        return ScopeValue(None, 0, f"{error}; {note}" if note else error)
+    buckets = [(le, math.fsum(values)) for le, values in sums.items()]
+    value = bucket_quantile(q, buckets)
+    if math.isnan(value):
+        error = _why_no_quantile(buckets)
+        return ScopeValue(None, pods, f"{error}; {note}" if note else error)
+    return ScopeValue(value, pods, note)
+
+
+def _why_no_quantile(buckets: Sequence[tuple[float, float]]) -> str:
+    if not any(math.isinf(le) and le > 0 for le, _ in buckets):
+        return "histogram has no le=\"+Inf\" bucket"
+    if len(buckets) < 2:
+        return "histogram has fewer than 2 buckets"
+    return "histogram has no observations (too little traffic)"
+
+
+def split_observations(
+    spec: MetricSpec,
+    rollouts: Sequence[RolloutState],
+    samples: Sequence[PodSample],
+    at: float,
+    denominator: Sequence[PodSample] | None = None,
+) -> list[Observation]:
+    """Exactly three observations (deployment, new, old) per entry of `rollouts`, in that order.
+
+    `samples` are the per-pod results of `spec.query` (with `le` when `spec.quantile` is set); `denominator`
+    those of `spec.denominator` (required when it is set). `error` names the metric and the cause when the
+    value is unknown; on a known value it may note pods whose NaN/Inf values were ignored.
+    """
+    if spec.denominator is not None and denominator is None:
+        raise ValueError(f"metric {spec.name}: a denominator result is required (spec.denominator is set)")
+    groups = assign_samples(rollouts, samples)
+    den_groups = assign_samples(rollouts, denominator) if denominator is not None else {}
+    observations: list[Observation] = []
+    for rollout in rollouts:
+        for scope in SCOPES:
+            key = (rollout.ref, scope)
+            members = (den_groups if spec.denominator is not None else groups).get(key, [])
+            untracked = _untracked_scope(rollout, scope)
+            if untracked:
+                result = ScopeValue(None, 0, untracked)
+            elif not members:
+                what = "denominator's result" if spec.denominator is not None else "query result"
+                result = ScopeValue(None, 0, f"no {_SCOPE_WORDS[scope]} pods in the {what}")
+            elif spec.denominator is not None:
+                result = combine_ratio(groups.get(key, []), members, spec.min_denominator)
+            elif spec.quantile is not None:
+                result = combine_quantile(members, spec.quantile)
+            else:
+                result = combine_aggregate(members, spec.aggregate)
+            error = f"{spec.name}: {result.error}" if result.error else None
+            observations.append(
+                Observation(
+                    ref=rollout.ref, metric=spec.name, scope=scope, time=at, value=result.value, error=error,
+                    pods=result.pods if result.value is not None else 0,
+                )
+            )
+    return observations
+
+
+_SCOPE_WORDS = {Scope.DEPLOYMENT: "Deployment", Scope.NEW: "new-revision", Scope.OLD: "old-revision"}
+
+
+def _untracked_scope(rollout: RolloutState, scope: Scope) -> str | None:
+    if scope is Scope.NEW and not rollout.new_hash:
+        return "no new ReplicaSet known for this rollout"
+    if scope is Scope.OLD and not any(rollout.old_hashes):
+        return "no old ReplicaSet with pods"
+    if scope is Scope.DEPLOYMENT and not rollout.new_hash and not any(rollout.old_hashes):
+        return "no ReplicaSet known for this Deployment"
+    return None
+
+
+def unknown_observations(rollouts: Sequence[RolloutState], metric: str, at: float, error: str) -> list[Observation]:
+    """Three unknown observations per rollout, all carrying `error` (a failed query)."""
+    observations: list[Observation] = []
+    for rollout in rollouts:
+        observations.extend(
+            Observation(ref=rollout.ref, metric=metric, scope=scope, time=at, value=None, error=error)
+            for scope in SCOPES
+        )
+    return observations
