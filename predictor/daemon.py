@@ -1,0 +1,186 @@
+"""`predictor run`: the one place that wires the adapters, the clock and the scheduler around the engine.
+
+APScheduler runs the tick every `policy.interval` (never two at once; a late tick is coalesced), an HTTP server
+answers /healthz, /readyz and /metrics, and SIGTERM lets the running tick finish before the process exits.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from predictor.config import Config
+from predictor.engine import Engine
+from predictor.telemetry import DaemonMetrics
+
+log = logging.getLogger(__name__)
+
+
+class SystemClock:
+    def now(self) -> float:
+        return time.time()
+
+
+@dataclass
+class Health:
+    """What the probes report; written by the tick and the readiness check, read by the HTTP server."""
+
+    started: float = field(default_factory=time.time)
+    last_tick_end: float | None = None
+    prometheus_ok: bool = False
+    kubernetes_ok: bool = False
+    detail: str = "not checked yet"
+
+    def alive(self, now: float, interval: float) -> tuple[bool, str]:
+        """Alive unless ticks stopped: nothing finished for 10 intervals (and 2 minutes) since the last one."""
+        reference = self.last_tick_end or self.started
+        stalled = now - reference > max(10 * interval, 120.0)
+        return (not stalled, f"last tick ended {now - reference:.0f}s ago")
+
+    def ready(self) -> tuple[bool, str]:
+        return (self.prometheus_ok and self.kubernetes_ok, self.detail)
+
+
+class Daemon:
+    def __init__(self, config: Config, engine: Engine, *, readiness_checks: dict[str, Any],
+                 metrics: DaemonMetrics | None = None, clock: Any = None, leader: Any = None) -> None:
+        self.config = config
+        self.engine = engine
+        self.metrics = metrics or DaemonMetrics()
+        self.clock = clock or SystemClock()
+        self.health = Health(started=self.clock.now())
+        self.readiness_checks = readiness_checks
+        self.leader = leader
+        self.scheduler = BackgroundScheduler(timezone=UTC)
+        self.stopped = threading.Event()
+        self._server: ThreadingHTTPServer | None = None
+
+    def tick(self) -> None:
+        started = time.monotonic()
+        now = self.clock.now()
+        try:
+            report = self.engine.tick(now)
+        except Exception:
+            log.exception("tick failed")
+            self.metrics.tick_errors.inc()
+            return
+        finally:
+            self.health.last_tick_end = self.clock.now()
+        self.metrics.observe(report, time.monotonic() - started)
+        if self.leader is not None:
+            self.metrics.is_leader.set(1 if self.leader.is_leader() else 0)
+
+    def check_readiness(self) -> None:
+        results = {}
+        for name, check in self.readiness_checks.items():
+            try:
+                results[name] = bool(check())
+            except Exception:
+                results[name] = False
+        self.health.prometheus_ok = results.get("prometheus", True)
+        self.health.kubernetes_ok = results.get("kubernetes", True)
+        self.health.detail = ", ".join(f"{k} {'ok' if v else 'unreachable'}" for k, v in results.items())
+
+    def start(self) -> None:
+        interval = self.config.policy.interval_seconds
+        self._server = serve_http(self, self.config.server.host, self.config.server.port)
+        self.check_readiness()
+        self.scheduler.add_job(self.tick, "interval", seconds=interval, id="tick", max_instances=1, coalesce=True,
+                               next_run_time=datetime.now(UTC), misfire_grace_time=int(interval))
+        self.scheduler.add_job(self.check_readiness, "interval", seconds=max(interval, 10.0), id="readiness",
+                               max_instances=1, coalesce=True)
+        self.scheduler.start()
+        log.info("predictor running: %d target(s), %d metric(s), tick every %gs, action %s%s, http on %s:%d",
+                 len(self.config.targets), len(self.config.metrics), interval, self.config.policy.action,
+                 " (dry run)" if self.config.policy.dry_run else "", self.config.server.host, self.port)
+
+    @property
+    def port(self) -> int:
+        return self._server.server_address[1] if self._server else 0
+
+    def stop(self) -> None:
+        """Let a running tick finish, then stop the scheduler and the HTTP server."""
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=True)
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        self.stopped.set()
+        log.info("predictor stopped")
+
+    def run_until_signalled(self) -> None:
+        stop_requested = threading.Event()
+
+        def on_signal(signum: int, _frame: object) -> None:
+            log.info("received %s: finishing the current tick", signal.Signals(signum).name)
+            stop_requested.set()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        self.start()
+        stop_requested.wait()
+        self.stop()
+
+
+def serve_http(daemon: Daemon, host: str, port: int) -> ThreadingHTTPServer:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            path = self.path.split("?", 1)[0]
+            if path == "/healthz":
+                ok, detail = daemon.health.alive(daemon.clock.now(), daemon.config.policy.interval_seconds)
+                self._reply(200 if ok else 503, f"{'ok' if ok else 'stalled'}: {detail}\n".encode())
+            elif path == "/readyz":
+                ok, detail = daemon.health.ready()
+                self._reply(200 if ok else 503, f"{'ready' if ok else 'not ready'}: {detail}\n".encode())
+            elif path == "/metrics":
+                self._reply(200, generate_latest(daemon.metrics.registry), CONTENT_TYPE_LATEST)
+            else:
+                self._reply(404, b"not found: try /healthz, /readyz or /metrics\n")
+
+        def _reply(self, status: int, body: bytes, content_type: str = "text/plain; charset=utf-8") -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            log.debug("http: " + format, *args)
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
+    return server
+
+
+def build_daemon(config: Config) -> Daemon:
+    """Wire the real adapters: Kubernetes API, Prometheus, Alertmanager, the wall clock."""
+    from predictor.actuators.kubernetes import KubernetesActuator
+    from predictor.alerting import AlertmanagerNotifier, LoggingNotifier
+    from predictor.detectors.trend import ThresholdTrendScorer
+    from predictor.kube import build_api_client
+    from predictor.rollouts.kubernetes import KubernetesRolloutSource
+    from predictor.sources.prometheus import PrometheusMetricSource
+
+    api_client = build_api_client(config.kubernetes)
+    rollouts = KubernetesRolloutSource(api_client, config.targets)
+    metrics = PrometheusMetricSource(config.prometheus)
+    clock = SystemClock()
+    notifier: Any
+    if config.alertmanager.url:
+        notifier = AlertmanagerNotifier(config.alertmanager, resend_seconds=config.policy.interval_seconds, clock=clock)
+    else:
+        notifier = LoggingNotifier()
+    engine = Engine(config, rollouts=rollouts, metrics=metrics, actuator=KubernetesActuator(api_client, clock=clock),
+                    notifier=notifier, scorer=ThresholdTrendScorer())
+    checks = {"prometheus": metrics.is_online, "kubernetes": rollouts.is_online}
+    return Daemon(config, engine, readiness_checks=checks, clock=clock)
