@@ -1,0 +1,1 @@
+"""Detectors: see docs/ARCHITECTURE.md."""

@@ -1,0 +1,145 @@
+"""The engine over simulated rollouts: the whole decision loop with in-memory ports and a hand-stepped clock."""
+
+from collections.abc import Sequence
+from dataclasses import replace
+
+import pytest
+
+from predictor.config import MetricSpec
+from predictor.demo import SimulatedCluster, demo_config, run_demo
+from predictor.detectors.trend import ThresholdTrendScorer
+from predictor.domain import Action, DeploymentRef, Observation, RolloutState
+from predictor.engine import Engine
+from predictor.policy import ALERT_BLIND, ALERT_BREACH
+from predictor.simulate import SCENARIO_KINDS, SimulatedRollout
+
+START = 1_767_268_800.0
+
+
+def engine_for(cluster: SimulatedCluster, action: Action = Action.UNDO, **kwargs: object) -> Engine:
+    config = demo_config(action)
+    return Engine(config, rollouts=cluster, metrics=cluster, actuator=cluster, notifier=cluster,
+                  scorer=ThresholdTrendScorer(), **kwargs)  # type: ignore[arg-type]
+
+
+def run_ticks(engine: Engine, minutes: float, start: float = START) -> None:
+    for i in range(int(minutes * 4) + 1):
+        engine.tick(start + i * 15.0)
+
+
+@pytest.mark.parametrize("kind", [k for k in SCENARIO_KINDS if k != "healthy"])
+def test_bad_releases_are_undone_before_their_breach(kind: str) -> None:
+    sim = SimulatedRollout(DeploymentRef("shop", kind.replace("_", "-")), kind, START, seed=3)
+    cluster = SimulatedCluster([sim])
+    run_ticks(engine_for(cluster), 15)
+    config = demo_config()
+    breaches = [t for spec in config.metrics if (t := sim.breach_time(spec.name, spec.threshold, START + 900))]
+    assert breaches, f"the {kind} scenario must breach when left alone"
+    assert len(cluster.actions) == 1, "exactly one action per revision"
+    acted_at, decision = cluster.actions[0]
+    assert decision.action is Action.UNDO
+    assert acted_at < min(breaches), f"acted at {acted_at - START}s, breach at {min(breaches) - START}s"
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_healthy_release_with_warmup_is_left_alone(seed: int) -> None:
+    cluster = SimulatedCluster([SimulatedRollout(DeploymentRef("shop", "catalog"), "healthy", START, seed=seed)])
+    run_ticks(engine_for(cluster), 15)
+    assert cluster.actions == []
+    assert cluster.alerts_sent == {}
+
+
+def test_undo_resolves_the_alert() -> None:
+    cluster = SimulatedCluster([SimulatedRollout(DeploymentRef("shop", "checkout"), "error_regression", START)])
+    run_ticks(engine_for(cluster), 3)
+    assert [a.name for a in cluster.alerts_sent.values()] == [ALERT_BREACH]
+    assert [a.name for a in cluster.alerts_resolved] == [ALERT_BREACH]
+
+
+def test_pause_keeps_the_alert_firing() -> None:
+    cluster = SimulatedCluster([SimulatedRollout(DeploymentRef("shop", "checkout"), "error_regression", START)])
+    run_ticks(engine_for(cluster, Action.PAUSE), 5)
+    sim = cluster.rollouts[DeploymentRef("shop", "checkout")]
+    assert sim.paused_at is not None and sim.new_pods(START + 300) == sim.new_pods(sim.paused_at)
+    assert cluster.alerts_resolved == []
+
+
+class BrokenMetrics:
+    def __init__(self, exc: Exception | None) -> None:
+        self.exc = exc
+
+    def fetch(self, spec: MetricSpec, rollouts: Sequence[RolloutState], at: float) -> list[Observation]:
+        if self.exc:
+            raise self.exc
+        return [Observation(r.ref, spec.name, s, at, float("nan"), error="NaN") for r in rollouts
+                for s in ("deployment", "new", "old")]  # type: ignore[arg-type]
+
+    def is_online(self) -> bool:
+        return False
+
+
+@pytest.mark.parametrize("exc", [TimeoutError("prometheus timed out"), None])
+def test_broken_metrics_never_act_but_report_blind(exc: Exception | None) -> None:
+    cluster = SimulatedCluster([SimulatedRollout(DeploymentRef("shop", "checkout"), "error_regression", START)])
+    engine = Engine(demo_config(), rollouts=cluster, metrics=BrokenMetrics(exc), actuator=cluster,
+                    notifier=cluster, scorer=ThresholdTrendScorer())
+    run_ticks(engine, 5)
+    assert cluster.actions == []
+    assert [a.name for a in cluster.alerts_sent.values()] == [ALERT_BLIND]
+
+
+def test_failed_action_is_retried_next_tick() -> None:
+    cluster = SimulatedCluster([SimulatedRollout(DeploymentRef("shop", "checkout"), "error_regression", START)])
+    calls = []
+    real_apply = cluster.apply
+
+    def flaky_apply(decision, rollout):  # type: ignore[no-untyped-def]
+        calls.append(decision.time)
+        if len(calls) == 1:
+            raise ConnectionError("API server unreachable")
+        return real_apply(decision, rollout)
+
+    cluster.apply = flaky_apply  # type: ignore[method-assign]
+    engine = engine_for(cluster)
+    reports = [engine.tick(START + i * 15.0) for i in range(8)]
+    assert len(calls) == 2 and calls[1] == calls[0] + 15.0
+    assert any("API server unreachable" in e for r in reports for e in r.errors)
+    assert len(cluster.actions) == 1
+
+
+def test_follower_scores_but_never_acts_or_alerts() -> None:
+    cluster = SimulatedCluster([SimulatedRollout(DeploymentRef("shop", "checkout"), "error_regression", START)])
+    engine = engine_for(cluster, may_act=lambda: False)
+    run_ticks(engine, 3)
+    assert cluster.actions == [] and cluster.alerts_sent == {}
+    engine.may_act = lambda: True
+    engine.tick(START + 200.0)
+    assert len(cluster.actions) == 1
+
+
+def test_listing_failure_skips_the_tick() -> None:
+    cluster = SimulatedCluster([])
+
+    def broken(at: float) -> list[RolloutState]:
+        raise ConnectionError("watch cache not synced")
+
+    cluster.list_rollouts = broken  # type: ignore[method-assign]
+    report = engine_for(cluster).tick(START)
+    assert report.errors == ["listing rollouts failed: watch cache not synced"]
+
+
+def test_demo_reports_actions_before_breach_and_spares_the_healthy_release() -> None:
+    lines: list[str] = []
+    outcomes = run_demo(emit=lines.append)
+    by_kind = {o.kind: o for o in outcomes}
+    assert by_kind["healthy"].action is Action.NONE
+    for kind in ("error_regression", "memory_leak"):
+        assert by_kind[kind].action is Action.UNDO
+        assert by_kind[kind].lead_seconds is not None and by_kind[kind].lead_seconds > 0
+    assert any("ACTION UNDO shop/checkout" in line for line in lines)
+    assert any("before error_ratio would have breached" in line for line in lines)
+
+
+def test_demo_with_pause_action() -> None:
+    outcomes = run_demo(config=replace(demo_config(Action.PAUSE)), emit=lambda _: None)
+    assert {o.action for o in outcomes if o.kind != "healthy"} == {Action.PAUSE}

@@ -1,0 +1,138 @@
+"""Policy tables: hysteresis, one action per revision, unknown data, rollbacks, alerts."""
+
+from dataclasses import replace
+
+from predictor.config import PolicyConfig
+from predictor.domain import (
+    ANNOTATION_ACTED_REVISION,
+    ANNOTATION_ACTION,
+    Action,
+    Assessment,
+    DeploymentRef,
+    Direction,
+    RolloutState,
+)
+from predictor.policy import ALERT_BLIND, ALERT_BREACH, Phase, RolloutMemory, decide, in_scope, not_applied
+
+REF = DeploymentRef("shop", "checkout")
+POLICY = PolicyConfig(action=Action.UNDO, consecutive_ticks=2, risk_threshold=0.7, blind_after_ticks=3)
+
+
+def rollout(**changes: object) -> RolloutState:
+    base = RolloutState(ref=REF, revision=2, new_hash="new", old_hashes=("old",), desired_replicas=4,
+                        updated_replicas=1, ready_new_replicas=1, old_replicas=3, started_at=0.0, previous_revision=1)
+    return replace(base, **changes)  # type: ignore[arg-type]
+
+
+def risk(value: float | None, *, metric: str = "error_ratio", breach: float | None = 120.0) -> Assessment:
+    if value is None:
+        return Assessment(metric=metric, risk=0.0, value=None, threshold=0.05, direction=Direction.ABOVE,
+                          unknown=True, reason=f"{metric}: no data (query timed out)")
+    return Assessment(metric=metric, risk=value, value=0.1, threshold=0.05, direction=Direction.ABOVE,
+                      predicted_breach=breach, reason=f"{metric}: figures")
+
+
+def run(risks: list[float | None], state: RolloutState | None = None, policy: PolicyConfig = POLICY):
+    memory: RolloutMemory | None = None
+    decisions = []
+    for tick, value in enumerate(risks):
+        memory, decision = decide(memory, state or rollout(), [risk(value)], float(tick * 15), policy)
+        decisions.append(decision)
+    return memory, decisions
+
+
+def actions(decisions) -> list[str]:
+    return [str(d.action) for d in decisions]
+
+
+def test_one_noisy_tick_never_acts() -> None:
+    _, decisions = run([0.1, 0.95, 0.1, 0.95, 0.2])
+    assert actions(decisions) == ["none"] * 5
+
+
+def test_consecutive_ticks_act_once() -> None:
+    memory, decisions = run([0.1, 0.9, 0.9, 0.95, 0.99])
+    assert actions(decisions) == ["none", "none", "undo", "none", "none"]
+    assert memory is not None and memory.phase is Phase.ACTED
+    assert "risk 0.90 (threshold 0.70, 2/2 ticks)" in decisions[2].reason
+    assert decisions[2].alerts[0].name == ALERT_BREACH and decisions[2].alerts[0].severity == "critical"
+
+
+def test_unknown_tick_neither_counts_nor_resets() -> None:
+    _, decisions = run([0.9, None, 0.9])
+    assert actions(decisions) == ["none", "none", "undo"]
+    _, decisions = run([0.9, None, None])
+    assert actions(decisions) == ["none", "none", "none"]
+
+
+def test_blind_alerts_and_never_undoes() -> None:
+    memory, decisions = run([None] * 5)
+    assert actions(decisions) == ["none"] * 5
+    assert [a.name for a in decisions[2].alerts] == [ALERT_BLIND]
+    assert decisions[1].alerts == ()
+    assert "query timed out" in decisions[2].alerts[0].description
+    _, recovered = decide(memory, rollout(), [risk(0.1)], 100.0, POLICY)
+    assert [a.name for a in recovered.resolved] == [ALERT_BLIND]
+    assert recovered.alerts == ()
+
+
+def test_blind_action_pause_pauses_once() -> None:
+    _, decisions = run([None] * 5, policy=replace(POLICY, blind_action=Action.PAUSE))
+    assert actions(decisions) == ["none", "none", "pause", "none", "none"]
+
+
+def test_acted_revision_annotation_prevents_a_second_action_after_restart() -> None:
+    acted = rollout(annotations={ANNOTATION_ACTED_REVISION: "2", ANNOTATION_ACTION: "pause"})
+    memory, decisions = run([0.9, 0.9, 0.9], state=acted)
+    assert actions(decisions) == ["none"] * 3
+    assert memory is not None and memory.acted is Action.PAUSE
+    assert "already acted (pause)" in decisions[-1].reason
+    # the annotation of an older revision does not block this one
+    older = rollout(annotations={ANNOTATION_ACTED_REVISION: "1", ANNOTATION_ACTION: "undo"})
+    _, decisions = run([0.9, 0.9], state=older)
+    assert actions(decisions) == ["none", "undo"]
+
+
+def test_a_rollback_is_never_undone() -> None:
+    _, decisions = run([0.9, 0.9], state=rollout(is_rollback=True))
+    assert actions(decisions) == ["none", "alert"]
+    assert "undo withheld" in decisions[1].reason
+
+
+def test_undo_without_previous_revision_pauses() -> None:
+    _, decisions = run([0.9, 0.9], state=rollout(previous_revision=None))
+    assert actions(decisions) == ["none", "pause"]
+
+
+def test_breach_alert_resolves_after_clear_ticks() -> None:
+    memory, decisions = run([0.9, 0.9, 0.1, 0.1, 0.1], policy=replace(POLICY, action=Action.ALERT))
+    assert actions(decisions)[:2] == ["none", "alert"]
+    assert decisions[2].alerts and not decisions[2].resolved
+    assert [a.name for a in decisions[3].resolved] == [ALERT_BREACH]
+    assert decisions[4].alerts == () and decisions[4].resolved == ()
+
+
+def test_new_revision_starts_fresh() -> None:
+    memory, _ = run([0.9, 0.9])
+    _, decision = decide(memory, rollout(revision=3), [risk(0.9)], 100.0, POLICY)
+    assert decision.action is Action.NONE and decision.revision == 3
+
+
+def test_not_applied_lets_the_next_tick_try_again() -> None:
+    memory, decisions = run([0.9, 0.9])
+    assert decisions[-1].action is Action.UNDO
+    memory, decision = decide(not_applied(memory), rollout(), [risk(0.9)], 100.0, POLICY)
+    assert decision.action is Action.UNDO
+
+
+def test_dry_run_is_carried_on_the_decision() -> None:
+    _, decisions = run([0.9, 0.9], policy=replace(POLICY, dry_run=True))
+    assert decisions[-1].action is Action.UNDO and decisions[-1].dry_run
+
+
+def test_in_scope_covers_rollout_and_bake() -> None:
+    policy = replace(POLICY, bake_seconds=600)
+    assert in_scope(rollout(), 10.0, policy)
+    assert in_scope(rollout(completed_at=100.0), 700.0, policy)
+    assert not in_scope(rollout(completed_at=100.0), 701.0, policy)
+    assert not in_scope(rollout(new_hash=None), 10.0, policy)
