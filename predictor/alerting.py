@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import math
 import random
 import threading
 import time
@@ -35,6 +36,7 @@ ENDS_AT_RESEND_FACTOR = 4
 _RETRYABLE_4XX = frozenset({408, 429})
 """Request Timeout and Too Many Requests: the only client errors that may succeed when tried again."""
 _MAX_LOGGED_BODY_CHARS = 2000
+_CLOSE_GRACE_SECONDS = 1.0
 
 
 def format_rfc3339(seconds: float, *, millis: bool = True) -> str:
@@ -65,7 +67,7 @@ def alert_payload(
         "description": alert.description,
         "risk": f"{alert.risk:.2f}",
     }
-    if alert.predicted_breach is not None:
+    if alert.predicted_breach is not None and math.isfinite(alert.predicted_breach):
         annotations["predicted_breach"] = format_rfc3339(alert.predicted_breach, millis=False)
     ends_at = (
         now + ENDS_AT_RESEND_FACTOR * resend_seconds if resolved_at is None else max(resolved_at, alert.starts_at)
@@ -139,6 +141,7 @@ class AlertmanagerNotifier:
         self._base_url = config.url.rstrip("/")
         self._cond = threading.Condition()
         self._pending: dict[tuple[str, str, str, int, str], _Pending] = {}
+        self._in_flight: dict[tuple[str, str, str, int, str], _Pending] = {}
         self._thread: threading.Thread | None = None
         self._closing = False
         self._close_deadline = 0.0
@@ -149,9 +152,9 @@ class AlertmanagerNotifier:
 
     @property
     def pending(self) -> int:
-        """Alerts waiting for delivery (including those of a POST in flight that will be retried)."""
+        """Alerts not delivered yet: queued, or in a POST in flight."""
         with self._cond:
-            return len(self._pending)
+            return len(self._pending.keys() | self._in_flight.keys())
 
     def send(self, firing: Sequence[Alert], resolved: Sequence[Alert], now: float) -> None:
         """Queue the newest state of these alerts and return at once; delivery happens in the background.
@@ -173,7 +176,11 @@ class AlertmanagerNotifier:
             self._cond.notify_all()
 
     def close(self, timeout: float = 5.0) -> None:
-        """Try to deliver what is pending within `timeout` seconds, then stop the worker; drops the rest."""
+        """Try to deliver what is pending within `timeout` seconds, then stop the worker; drops the rest.
+
+        Cuts a backoff short to try at once. Returns within about `timeout` + 1 s: the grace lets a POST cut
+        short by the deadline end and the worker count what it drops.
+        """
         with self._cond:
             if not self._closing:
                 self._closing = True
@@ -181,7 +188,7 @@ class AlertmanagerNotifier:
             thread = self._thread
             self._cond.notify_all()
         if thread is not None:
-            thread.join(timeout)
+            thread.join(timeout + _CLOSE_GRACE_SECONDS)
             if thread.is_alive():
                 log.warning("alertmanager notifier did not stop within %.1fs", timeout)
 
@@ -222,8 +229,16 @@ class AlertmanagerNotifier:
                         self._drop_pending_locked()
                         return
                     batch, self._pending = self._pending, {}
-                outcome = self._deliver(session, batch, failures_in_row=failures)
+                    self._in_flight = batch
+                try:
+                    outcome = self._deliver(session, batch, failures_in_row=failures)
+                except Exception:
+                    # Keep the worker alive whatever happens: a dead worker would silently stop all alerts.
+                    log.exception("unexpected error sending alerts to %s, will retry", self.alerts_url)
+                    outcome = _Outcome.RETRY
                 if outcome is not _Outcome.RETRY:
+                    with self._cond:
+                        self._in_flight = {}
                     if failures:
                         log.info("alertmanager %s reachable again after %d failed attempt(s)", self._base_url,
                                  failures)
@@ -232,6 +247,7 @@ class AlertmanagerNotifier:
                 failures += 1
                 with self._cond:
                     self.failed += 1
+                    self._in_flight = {}
                     for key, entry in batch.items():
                         # A newer state queued while the POST was in flight wins over the one that failed.
                         self._pending.setdefault(key, entry)
@@ -279,15 +295,21 @@ class AlertmanagerNotifier:
                 # No longer sent by the daemon and already expired in Alertmanager: nothing left to say.
                 log.debug("not sending expired alert %s", entry.alert.key)
                 continue
-            payload.append(
-                alert_payload(
-                    entry.alert,
-                    resolved_at=entry.resolved_at,
-                    now=entry.sent_at,
-                    resend_seconds=self.resend_seconds,
-                    generator_url=self.config.generator_url,
+            try:
+                payload.append(
+                    alert_payload(
+                        entry.alert,
+                        resolved_at=entry.resolved_at,
+                        now=entry.sent_at,
+                        resend_seconds=self.resend_seconds,
+                        generator_url=self.config.generator_url,
+                    )
                 )
-            )
+            except (ValueError, OverflowError, OSError):
+                # A time no datetime can hold: this alert can never be sent, the others still can.
+                log.exception("dropping alert %s: cannot build its Alertmanager payload", entry.alert.key)
+                with self._cond:
+                    self.dropped += 1
         if not payload:
             return _Outcome.DELIVERED
         try:

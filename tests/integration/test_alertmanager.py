@@ -3,7 +3,9 @@ answers a healthy Alertmanager does not give (400, 429, 503, slow responses)."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -179,8 +181,12 @@ def test_alertmanager_down_at_first_send_does_not_block_and_alert_arrives_later(
     port = free_port()  # Nobody listens here until Alertmanager starts on it below.
     notifier = make_notifier(f"http://127.0.0.1:{port}", backoff_initial_seconds=1.0, backoff_max_seconds=1.0)
 
-    notifier.send([make_alert("search")], [], now=time.time())
+    # Called from a thread only so that a send that blocks fails this test instead of hanging it.
+    sender = threading.Thread(target=notifier.send, args=([make_alert("search")], [], time.time()))
+    sender.start()
+    sender.join(timeout=10.0)
     failed_when_send_returned = notifier.failed
+    assert not sender.is_alive(), "send blocked while Alertmanager was down"
 
     # Delivery was impossible, so send did not wait for it; and it returned before the first retry, which
     # the backoff puts at least 0.5 s after the first failed attempt.
@@ -262,7 +268,15 @@ def test_newest_state_wins_and_a_resolve_is_not_lost(
 ) -> None:
     down = threading.Event()
     down.set()
-    fake_alertmanager_api.responder = lambda request: (503, b"down") if down.is_set() else (200, b"")
+    accepted: list[RecordedRequest] = []
+
+    def respond(request: RecordedRequest) -> tuple[int, bytes]:
+        if down.is_set():
+            return 503, b"down"
+        accepted.append(request)
+        return 200, b""
+
+    fake_alertmanager_api.responder = respond
     notifier = make_notifier(fake_alertmanager_api.url)
     first, second = make_alert("first"), make_alert("second")
 
@@ -270,19 +284,18 @@ def test_newest_state_wins_and_a_resolve_is_not_lost(
     notifier.send([first], [], now=now)
     eventually(lambda: notifier.failed >= 1, what="a failed attempt")
     notifier.send([first, second], [], now=now + 1)
-    notifier.send([second], [first], now=now + 2)  # first resolves while Alertmanager is down.
+    notifier.send([second], [first], now=now + 2)  # `first` resolves while Alertmanager is down.
     assert notifier.pending == 2
     down.clear()
 
     eventually(lambda: notifier.pending == 0 and notifier.sent >= 2, what="everything delivered")
-    accepted = [r for r in alert_posts(fake_alertmanager_api) if not down.is_set()]
     last_state: dict[str, dict[str, Any]] = {}
-    for request in accepted[-2:] if len(accepted) > 1 else accepted:
+    for request in accepted:
         for posted in request.json():
             last_state[posted["labels"]["deployment"]] = posted
-    # The last thing Alertmanager heard of `first` is its resolve; of `second` that it fires.
+    # The last Alertmanager heard of `first` is its resolve; of `second` that it fires, as of the last send.
     assert parse_time(last_state["first"]["endsAt"]) == pytest.approx(now + 2, abs=0.001)
-    assert parse_time(last_state["second"]["endsAt"]) == pytest.approx(now + 1 + 4 * 60, abs=0.001)
+    assert parse_time(last_state["second"]["endsAt"]) == pytest.approx(now + 2 + 4 * 60, abs=0.001)
     assert notifier.dropped == 0
 
 
@@ -337,3 +350,37 @@ def test_close_drops_what_it_cannot_deliver_and_later_sends(
     assert (notifier.sent, notifier.dropped, notifier.pending) == (0, 1, 0)
     notifier.send([make_alert("late")], [], now=time.time())
     assert notifier.dropped == 2
+
+
+def test_an_alert_that_cannot_be_encoded_is_dropped_and_the_others_sent(
+    fake_alertmanager_api: RecordingServer, make_notifier: MakeNotifier
+) -> None:
+    notifier = make_notifier(fake_alertmanager_api.url)
+    broken = dataclasses.replace(make_alert("broken"), starts_at=math.inf)
+
+    notifier.send([broken, make_alert("fine")], [], now=time.time())
+
+    eventually(lambda: notifier.sent == 1 and notifier.dropped == 1, what="one sent, one dropped")
+    [post] = alert_posts(fake_alertmanager_api)
+    assert [a["labels"]["deployment"] for a in post.json()] == ["fine"]
+
+
+class FixedClock:
+    def __init__(self, now: float) -> None:
+        self.time = now
+
+    def now(self) -> float:
+        return self.time
+
+
+def test_expired_firing_alert_is_not_sent_but_a_resolve_is(fake_alertmanager_api: RecordingServer) -> None:
+    """A firing state older than its endsAt has expired in Alertmanager too; a resolve must still go out."""
+    sent_at = time.time()
+    clock = FixedClock(sent_at + 4 * 15.0)
+    config = AlertmanagerConfig(url=fake_alertmanager_api.url)
+    with AlertmanagerNotifier(config, resend_seconds=15.0, clock=clock, backoff_initial_seconds=0.05) as notifier:
+        notifier.send([make_alert("stale")], [make_alert("gone")], now=sent_at)
+        eventually(lambda: notifier.sent == 1, what="the resolve delivered")
+        [post] = alert_posts(fake_alertmanager_api)
+        assert [a["labels"]["deployment"] for a in post.json()] == ["gone"]
+        assert notifier.pending == 0

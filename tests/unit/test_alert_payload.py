@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from datetime import UTC, datetime
 
 import pytest
@@ -63,6 +64,11 @@ def test_predicted_breach_is_absent_when_not_predicted() -> None:
     assert "predicted_breach" not in payload["annotations"]
     assert payload["annotations"]["risk"] == "0.00"
     assert payload["labels"]["alertname"] == "PredictorBlind"
+
+
+@pytest.mark.parametrize("breach", [math.inf, math.nan])
+def test_predicted_breach_is_absent_when_not_finite(breach: float) -> None:
+    assert "predicted_breach" not in firing(make_alert(predicted_breach=breach))["annotations"]
 
 
 def test_empty_label_values_are_left_out() -> None:

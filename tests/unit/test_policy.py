@@ -105,7 +105,7 @@ def test_undo_without_previous_revision_pauses() -> None:
 
 
 def test_breach_alert_resolves_after_clear_ticks() -> None:
-    memory, decisions = run([0.9, 0.9, 0.1, 0.1, 0.1], policy=replace(POLICY, action=Action.ALERT))
+    _, decisions = run([0.9, 0.9, 0.1, 0.1, 0.1], policy=replace(POLICY, action=Action.ALERT))
     assert actions(decisions)[:2] == ["none", "alert"]
     assert decisions[2].alerts and not decisions[2].resolved
     assert [a.name for a in decisions[3].resolved] == [ALERT_BREACH]
