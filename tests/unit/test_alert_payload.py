@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
@@ -32,7 +33,7 @@ def make_alert(**overrides: object) -> Alert:
     return Alert(**fields)  # type: ignore[arg-type]
 
 
-def firing(alert: Alert, now: float = T0 + 30, resend_seconds: float = 15.0, generator_url: str = "") -> dict:
+def firing(alert: Alert, now: float = T0 + 30, resend_seconds: float = 15.0, generator_url: str = "") -> dict[str, Any]:
     return alert_payload(alert, resolved_at=None, now=now, resend_seconds=resend_seconds, generator_url=generator_url)
 
 
@@ -137,6 +138,6 @@ def test_logging_notifier_logs_and_keeps_nothing(caplog: pytest.LogCaptureFixtur
         ),
     ],
 )
-def test_notifier_rejects_bad_parameters(config: AlertmanagerConfig, kwargs: dict, message: str) -> None:
+def test_notifier_rejects_bad_parameters(config: AlertmanagerConfig, kwargs: dict[str, float], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         AlertmanagerNotifier(config, **kwargs)
