@@ -1,5 +1,5 @@
 """Write test series the way Prometheus's promqltest does: "0.1 0.2 _ 0.5x3" (`_` is a missing sample,
-`AxN` repeats A N times, `A+BxN` is A then N steps of +B)."""
+`AxN` is N copies of A, not N+1 as in promqltest; `A+BxN` is A then N steps of +B, N+1 values)."""
 
 from __future__ import annotations
 

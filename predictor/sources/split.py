@@ -263,7 +263,14 @@ def bucket_quantile(q: float, buckets: Iterable[tuple[float, float]]) -> float:
         start = merged[b - 1][0]
         count -= merged[b - 1][1]
         rank -= merged[b - 1][1]
-    return start + (end - start) * (rank / count)
+    return start + (end - start) * _go_divide(rank, count)
+
+
+def _go_divide(a: float, b: float) -> float:
+    """Division as Go's float64 does it: x/0 is ±Inf, 0/0 is NaN (q=0 with an empty lowest bucket gives NaN)."""
+    if b == 0:
+        return math.nan if a == 0 or math.isnan(a) else math.copysign(math.inf, a)
+    return a / b
 
 
 def _correct_precision_errors(buckets: list[list[float]], tolerance: float) -> None:
@@ -323,7 +330,9 @@ def _why_no_quantile(buckets: Sequence[tuple[float, float]]) -> str:
         return "histogram has no le=\"+Inf\" bucket"
     if len(buckets) < 2:
         return "histogram has fewer than 2 buckets"
-    return "histogram has no observations (too little traffic)"
+    if max((count for _, count in buckets), default=0.0) == 0:
+        return "histogram has no observations (too little traffic)"
+    return "histogram_quantile is NaN for these buckets"
 
 
 def split_observations(

@@ -1,0 +1,350 @@
+"""The Prometheus adapter: the `MetricSource` port over Prometheus's HTTP API, via prometheus-api-client.
+
+The daemon and the backtest build one `PrometheusMetricSource` from `PrometheusConfig`; each tick calls `fetch`
+once per metric for all rollouts. The kube-state-metrics replay (`predictor.rollouts.replay`) and the training
+job reuse `PrometheusClient` for instant and range queries. Every query is evaluated at an explicit time, so a
+backtest at a simulated time sees nothing after it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import requests
+from prometheus_api_client import PrometheusApiClientException, PrometheusConnect
+from urllib3.util.retry import Retry
+
+from predictor.config import MetricSpec, PrometheusConfig
+from predictor.domain import Observation, RolloutState
+from predictor.sources.split import PodSample, render_query, split_observations, unknown_observations
+
+_LOG = logging.getLogger(__name__)
+
+READY_TIMEOUT_SECONDS = 2.0
+"""`is_online` gives up after this long (or the configured timeout if shorter)."""
+MAX_POINTS_PER_RANGE_QUERY = 10_000
+"""Prometheus refuses range queries of more than 11,000 points per series; longer ranges are split."""
+
+Labels = dict[str, str]
+RangeSeries = tuple[Labels, np.ndarray, np.ndarray]
+"""(labels, times in POSIX seconds, values) of one series of a range query; values may hold NaN."""
+
+
+class QueryError(RuntimeError):
+    """A Prometheus request that failed; the message says why (HTTP status and Prometheus's error, timeout...)."""
+
+
+class _FormPostSession(requests.Session):
+    """Sends a POST's parameters as a form body, as Prometheus's query API accepts them, instead of in the URL.
+
+    prometheus-api-client passes them as `params` whatever the method; a query listing many pods would then hit
+    the URL limits of proxies in front of Prometheus.
+    """
+
+    def request(  # type: ignore[override]
+        self, method: str | bytes, url: str | bytes, params: Any = None, data: Any = None, **kwargs: Any
+    ) -> requests.Response:
+        if str(method).upper() == "POST" and params and data is None:
+            return super().request(method, url, data=params, **kwargs)
+        return super().request(method, url, params=params, data=data, **kwargs)
+
+
+class PrometheusClient:
+    """Instant and range queries at explicit times, with the bearer token re-read when its file changes.
+
+    Queries are POSTed as forms by default, so long pod regexes pass proxies that limit URLs. One retry on
+    connection failures only: a query that reached Prometheus is never sent twice.
+    """
+
+    def __init__(self, config: PrometheusConfig, *, method: str = "POST") -> None:
+        self.url = config.url.rstrip("/")
+        self.timeout_seconds = config.tls.timeout_seconds
+        self._token_file: Path | None = config.tls.bearer_token_file
+        self._token_stamp: tuple[int, int, int] | None = None
+        self._token: str | None = None
+        self._session: requests.Session | None = _FormPostSession()
+        if not config.tls.verify_tls:
+            self._session.verify = False
+            _LOG.warning("prometheus: TLS certificate verification is off for %s", self.url)
+        elif config.tls.ca_file is not None:
+            self._session.verify = str(config.tls.ca_file)  # a CA bundle path replaces the system roots
+        retry = Retry(total=1, connect=1, read=0, status=0, other=0, redirect=2, backoff_factor=0)
+        self._connect = PrometheusConnect(
+            url=self.url, session=self._session, retry=retry, timeout=self.timeout_seconds, method=method
+        )
+
+    @classmethod
+    def from_connect(cls, connect: PrometheusConnect, timeout_seconds: float = 10.0) -> PrometheusClient:
+        """Wrap a ready-made connection (its own headers, session and retries are kept as they are)."""
+        client = cls.__new__(cls)
+        client.url = connect.url.rstrip("/")
+        client.timeout_seconds = timeout_seconds
+        client._token_file = None
+        client._token_stamp = None
+        client._token = None
+        client._session = None
+        client._connect = connect
+        return client
+
+    # --- auth -------------------------------------------------------------------------------------------------
+
+    def _refresh_token(self) -> None:
+        """Re-read the bearer token when its file changed (projected tokens rotate by swapping a symlink)."""
+        if self._token_file is None:
+            return
+        try:
+            info = os.stat(self._token_file)
+            stamp = (info.st_ino, info.st_mtime_ns, info.st_size)
+            if stamp != self._token_stamp:
+                self._token = self._token_file.read_text(encoding="utf-8").strip()
+                self._token_stamp = stamp
+        except OSError as exc:
+            raise QueryError(f"cannot read bearer token file {self._token_file}: {exc.strerror or exc}") from exc
+        headers = dict(self._connect.headers or {})
+        headers["Authorization"] = f"Bearer {self._token}"
+        self._connect.headers = headers
+
+    # --- queries ----------------------------------------------------------------------------------------------
+
+    def query(self, promql: str, at: float) -> list[tuple[Labels, float]]:
+        """Evaluate an instant query at `at` (POSIX seconds): one (labels, value) per series. Raises QueryError."""
+        _LOG.debug("prometheus query at %.3f: %s", at, promql)
+        params = {"time": _format_time(at), "timeout": self._server_timeout()}
+        result = self._call(lambda: self._connect.custom_query(query=promql, params=params))
+        return _parse_vector(result)
+
+    def query_range(self, promql: str, start: float, end: float, step: float) -> list[RangeSeries]:
+        """Evaluate a range query; ranges over MAX_POINTS_PER_RANGE_QUERY points are split. Raises QueryError."""
+        if step <= 0:
+            raise ValueError(f"step: expected a positive number of seconds, got {step!r}")
+        if end < start:
+            raise ValueError(f"end ({end}) is before start ({start})")
+        merged: dict[tuple[tuple[str, str], ...], tuple[Labels, list[float], list[float]]] = {}
+        chunk = step * (MAX_POINTS_PER_RANGE_QUERY - 1)
+        chunk_start = start
+        while chunk_start <= end:
+            chunk_end = min(end, chunk_start + chunk)
+            _LOG.debug("prometheus range query %.3f..%.3f step %gs: %s", chunk_start, chunk_end, step, promql)
+            params = {
+                "start": _format_time(chunk_start), "end": _format_time(chunk_end), "step": f"{step:g}",
+                "timeout": self._server_timeout(),
+            }
+            result = self._call(
+                lambda p=params: self._connect.custom_query_range(
+                    query=promql, start_time=_datetime(start), end_time=_datetime(end), step=p["step"], params=p
+                )
+            )
+            for labels, times, values in _parse_matrix(result):
+                key = tuple(sorted(labels.items()))
+                entry = merged.setdefault(key, (labels, [], []))
+                entry[1].extend(times)
+                entry[2].extend(values)
+            chunk_start = chunk_end + step
+        return [(labels, np.asarray(t, dtype=float), np.asarray(v, dtype=float)) for labels, t, v in merged.values()]
+
+    def _server_timeout(self) -> str:
+        """Prometheus stops evaluating after this; plain seconds, as its API parses '0.5' but not '0.5s'."""
+        return f"{self.timeout_seconds:g}"
+
+    def is_ready(self) -> bool:
+        """GET /-/ready with a short timeout; False on any failure."""
+        timeout = min(READY_TIMEOUT_SECONDS, self.timeout_seconds)
+        try:
+            if self._session is None:
+                return bool(self._connect.check_prometheus_connection())
+            self._refresh_token()
+            response = self._session.get(f"{self.url}/-/ready", headers=self._connect.headers, timeout=timeout)
+            return response.status_code == 200
+        except (QueryError, requests.RequestException) as exc:
+            _LOG.debug("prometheus at %s is not ready: %s", self.url, exc)
+            return False
+
+    def _call(self, request: Any) -> Any:
+        try:
+            self._refresh_token()
+            return request()
+        except QueryError:
+            raise
+        except requests.JSONDecodeError as exc:  # before RequestException, of which it is a subclass
+            raise QueryError(f"malformed response from {self.url} (not JSON): {exc}") from exc
+        except requests.Timeout as exc:
+            raise QueryError(f"timed out after {self.timeout_seconds:g}s ({self.url})") from exc
+        except requests.ConnectionError as exc:
+            raise QueryError(f"cannot connect to {self.url}: {_root_cause(exc)}") from exc
+        except requests.RequestException as exc:
+            raise QueryError(f"request to {self.url} failed: {exc}") from exc
+        except PrometheusApiClientException as exc:
+            raise QueryError(_describe_http_error(str(exc))) from exc
+        except (ValueError, KeyError, TypeError) as exc:
+            # requests' JSONDecodeError is a ValueError; a JSON body without data.result is a KeyError/TypeError.
+            raise QueryError(f"malformed response from {self.url}: {type(exc).__name__}: {exc}") from exc
+
+
+class PrometheusMetricSource:
+    """`MetricSource` over Prometheus: one instant query per metric per tick (two with a denominator)."""
+
+    def __init__(self, config: PrometheusConfig) -> None:
+        self.client = PrometheusClient(config)
+
+    def fetch(self, spec: MetricSpec, rollouts: Sequence[RolloutState], at: float) -> list[Observation]:
+        """Observations of `spec` at `at` for all rollouts (deployment, new, old each). Never raises."""
+        if not rollouts:
+            return []
+        try:
+            samples = self._fetch_samples(spec, spec.query, rollouts, at, "query")
+            if isinstance(samples, str):
+                return unknown_observations(rollouts, spec.name, at, samples)
+            denominator: list[PodSample] | None = None
+            if spec.denominator is not None:
+                fetched = self._fetch_samples(spec, spec.denominator, rollouts, at, "denominator")
+                if isinstance(fetched, str):
+                    return unknown_observations(rollouts, spec.name, at, fetched)
+                denominator = fetched
+            return split_observations(spec, rollouts, samples, at, denominator=denominator)
+        except Exception as exc:  # the port promises never to raise: a bug here must not stop the tick
+            _LOG.exception("metric %s: unexpected error", spec.name)
+            return unknown_observations(rollouts, spec.name, at, f"{spec.name}: internal error: {exc!r}")
+
+    def _fetch_samples(
+        self, spec: MetricSpec, template: str, rollouts: Sequence[RolloutState], at: float, which: str
+    ) -> list[PodSample] | str:
+        """Per-pod samples, or the error text of the observations when the query failed."""
+        promql = render_query(template, rollouts)
+        try:
+            series = self.client.query(promql, at)
+        except QueryError as exc:
+            _LOG.warning("metric %s: %s failed: %s", spec.name, which, exc)
+            return f"{spec.name}: {which} failed: {exc}"
+        samples: list[PodSample] = []
+        unlabelled = 0
+        for labels, value in series:
+            namespace, pod = labels.get("namespace"), labels.get("pod")
+            if not namespace or not pod:
+                unlabelled += 1
+                continue
+            le = None
+            if spec.quantile is not None and which == "query":
+                le = _parse_le(labels.get("le"))
+            samples.append(PodSample(namespace, pod, value, le))
+        if unlabelled and not samples:
+            message = (
+                f"{spec.name}: {which} returned {unlabelled} series without 'namespace' and 'pod' labels "
+                "(aggregate with `by (namespace, pod)`)"
+            )
+            _LOG.warning("metric %s: %s", spec.name, message)
+            return message
+        if unlabelled:
+            _LOG.debug("metric %s: ignored %d series without namespace/pod labels", spec.name, unlabelled)
+        return samples
+
+    def is_online(self) -> bool:
+        return self.client.is_ready()
+
+    def fetch_range(self, query: str, start: float, end: float, step: float) -> list[RangeSeries]:
+        """Range query for the backtest and training: (labels, times, values) per series. Raises QueryError."""
+        return self.client.query_range(query, start, end, step)
+
+
+# --- parsing ---------------------------------------------------------------------------------------------------
+
+
+def _format_time(at: float) -> str:
+    return f"{at:.3f}"
+
+
+def _datetime(at: float) -> datetime:
+    return datetime.fromtimestamp(at, tz=UTC)
+
+
+def _parse_float(raw: Any) -> float:
+    if not isinstance(raw, str | int | float) or isinstance(raw, bool):
+        raise TypeError(f"expected a sample value, got {raw!r}")
+    return float(raw)
+
+
+def _parse_le(raw: str | None) -> float | None:
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        return None
+    return None if math.isnan(value) else value
+
+
+def _parse_vector(result: Any) -> list[tuple[Labels, float]]:
+    if not isinstance(result, list):
+        raise QueryError(f"malformed response: expected an instant vector, got {type(result).__name__}")
+    series: list[tuple[Labels, float]] = []
+    for item in result:
+        if not isinstance(item, Mapping) or not isinstance(item.get("metric"), Mapping):
+            raise QueryError(f"malformed response: expected an instant vector (one series per pod), got {item!r:.80}")
+        value = item.get("value")
+        if not isinstance(value, list | tuple) or len(value) != 2:
+            raise QueryError(f"malformed response: sample without [time, value]: {item!r:.80}")
+        try:
+            series.append(({str(k): str(v) for k, v in item["metric"].items()}, _parse_float(value[1])))
+        except (TypeError, ValueError) as exc:
+            raise QueryError(f"malformed response: bad sample value {value[1]!r}") from exc
+    return series
+
+
+def _parse_matrix(result: Any) -> list[tuple[Labels, list[float], list[float]]]:
+    if not isinstance(result, list):
+        raise QueryError(f"malformed response: expected a range vector, got {type(result).__name__}")
+    series: list[tuple[Labels, list[float], list[float]]] = []
+    for item in result:
+        if not isinstance(item, Mapping) or not isinstance(item.get("metric"), Mapping):
+            raise QueryError(f"malformed response: expected a range vector, got {item!r:.80}")
+        values = item.get("values")
+        if not isinstance(values, list):
+            raise QueryError(f"malformed response: series without values: {item!r:.80}")
+        try:
+            times = [float(point[0]) for point in values]
+            samples = [_parse_float(point[1]) for point in values]
+        except (TypeError, ValueError, IndexError, KeyError) as exc:
+            raise QueryError(f"malformed response: bad range sample in {item!r:.80}") from exc
+        series.append(({str(k): str(v) for k, v in item["metric"].items()}, times, samples))
+    return series
+
+
+_STATUS = re.compile(r"HTTP Status Code (\d+)")
+
+
+def _describe_http_error(message: str) -> str:
+    """'HTTP Status Code 400 (b'{"status":"error","error":"..."}')' -> 'HTTP 400: bad_data: ...'."""
+    status = _STATUS.search(message)
+    code = status.group(1) if status else "?"
+    start, end = message.find("{"), message.rfind("}")
+    if start >= 0 and end > start:
+        raw = message[start : end + 1]
+        try:
+            body = json.loads(raw.encode("utf-8").decode("unicode_escape"))
+        except (ValueError, UnicodeDecodeError):
+            body = None
+        if isinstance(body, Mapping) and body.get("error"):
+            kind = f"{body['errorType']}: " if body.get("errorType") else ""
+            return f"HTTP {code}: {kind}{body['error']}"
+    detail = message[message.find("(") + 1 : -1] if "(" in message else message
+    return f"HTTP {code}: {detail[:300]}"
+
+
+def _root_cause(exc: BaseException) -> str:
+    cause: BaseException | None = exc
+    for _ in range(10):
+        if cause is None:
+            break
+        if "Connection refused" in str(cause):
+            return "connection refused"
+        cause = cause.__cause__ or cause.__context__
+    return str(exc)[:300]
+
