@@ -95,18 +95,25 @@ class Engine:
         return report
 
     def _retire(self, watched: Sequence[RolloutState], now: float) -> list[Alert]:
-        """Forget revisions that left scope; their alerts resolve."""
-        current = {r.ref: r.revision for r in watched}
+        """Forget revisions that left scope or were replaced; their alerts resolve (an undone one's later)."""
+        current = {r.ref: r for r in watched}
         resolved: list[Alert] = []
         for ref in list(self.memory):
-            if current.get(ref) != self.memory[ref].revision:
-                memory = self.memory.pop(ref)
-                resolved.extend(policy_rules.retire(memory, now))
-                log.info("%s revision %d no longer watched; %d alert(s) resolved", ref, memory.revision,
-                         len(memory.alerts))
+            memory = self.memory[ref]
+            successor = current.get(ref)
+            if successor is not None and successor.revision == memory.revision:
+                continue
+            if successor is None:
+                del self.memory[ref]
+                ended = policy_rules.retire(memory, now)
+            else:
+                self.memory[ref], ended = policy_rules.succeed(memory, successor)
+            resolved.extend(ended)
+            log.info("%s revision %d no longer watched; %d alert(s) resolved", ref, memory.revision, len(ended))
         for ref, revision in self.history.refs():
-            if current.get(ref) != revision:
-                self.history.forget(ref, keep_revision=current.get(ref))
+            kept = current[ref].revision if ref in current else None
+            if kept != revision:
+                self.history.forget(ref, keep_revision=kept)
         return resolved
 
     def _observe(self, watched: Sequence[RolloutState], now: float, report: TickReport) -> None:

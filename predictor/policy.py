@@ -42,10 +42,12 @@ class RolloutMemory:
     acted_at: float | None = None
     breach_alert: Alert | None = None
     blind_alert: Alert | None = None
+    carried_alert: Alert | None = None
+    """The breach alert of the revision we undid: it fires until this rollback completes."""
 
     @property
     def alerts(self) -> tuple[Alert, ...]:
-        return tuple(a for a in (self.breach_alert, self.blind_alert) if a is not None)
+        return tuple(a for a in (self.breach_alert, self.blind_alert, self.carried_alert) if a is not None)
 
 
 def in_scope(rollout: RolloutState, now: float, policy: PolicyConfig) -> bool:
@@ -58,6 +60,17 @@ def in_scope(rollout: RolloutState, now: float, policy: PolicyConfig) -> bool:
 def retire(memory: RolloutMemory, now: float) -> tuple[Alert, ...]:
     """A revision left scope (completed its bake, was undone or replaced): its alerts resolve."""
     return memory.alerts
+
+
+def succeed(previous: RolloutMemory, rollout: RolloutState) -> tuple[RolloutMemory, tuple[Alert, ...]]:
+    """Memory for the revision that replaced `previous`, and the alerts that resolve now.
+
+    After an undo the breach alert keeps firing until the rollback has completed: resolving it at once would
+    let Alertmanager drop an alert that fired and resolved within its group_wait, and nobody would hear of it.
+    """
+    carried = previous.breach_alert if previous.acted is Action.UNDO else None
+    resolved = tuple(a for a in previous.alerts if a is not carried)
+    return RolloutMemory(revision=rollout.revision, carried_alert=carried), resolved
 
 
 def not_applied(memory: RolloutMemory) -> RolloutMemory:
@@ -138,12 +151,17 @@ def decide(
         memory = RolloutMemory(revision=rollout.revision)
     if memory.acted is Action.NONE and rollout.acted_revision == rollout.revision:
         memory = replace(memory, phase=Phase.ACTED, acted=_recorded_action(rollout))
+    resolved: list[Alert] = []
+    if memory.carried_alert is not None and rollout.completed_at is not None:
+        resolved.append(memory.carried_alert)
+        memory = replace(memory, carried_alert=None)
     top = _top(assessments)
     tick = _Tick(rollout, top, now, policy)
     if top is None:
-        return _blind_tick(tick, memory, assessments)
+        return _blind_tick(tick, memory, assessments, resolved)
 
-    resolved: list[Alert] = [memory.blind_alert] if memory.blind_alert is not None else []
+    if memory.blind_alert is not None:
+        resolved.append(memory.blind_alert)
     at_risk = top.risk >= policy.risk_threshold
     risk_ticks = memory.risk_ticks + 1 if at_risk else 0
     clear_ticks = 0 if at_risk else memory.clear_ticks + 1
@@ -177,7 +195,7 @@ def decide(
 
 
 def _blind_tick(
-    tick: _Tick, memory: RolloutMemory, assessments: Sequence[Assessment]
+    tick: _Tick, memory: RolloutMemory, assessments: Sequence[Assessment], resolved: Sequence[Alert]
 ) -> tuple[RolloutMemory, Decision]:
     policy, rollout, now = tick.policy, tick.rollout, tick.now
     unknown_ticks = memory.unknown_ticks + 1
@@ -185,7 +203,7 @@ def _blind_tick(
     causes = "; ".join(a.reason for a in assessments) or "no metrics configured"
     if unknown_ticks < policy.blind_after_ticks:
         reason = f"no usable data ({unknown_ticks}/{policy.blind_after_ticks} ticks): {causes}"
-        return tick.decision(memory, Action.NONE, 0.0, reason, ())
+        return tick.decision(memory, Action.NONE, 0.0, reason, resolved)
     blind = Alert(
         name=ALERT_BLIND, ref=rollout.ref, revision=rollout.revision, severity="warning", metric="",
         summary=f"{rollout.ref} revision {rollout.revision}: rolling out with no usable metrics for "
@@ -196,5 +214,6 @@ def _blind_tick(
     memory = replace(memory, blind_alert=blind)
     if policy.blind_action is Action.PAUSE and memory.phase is not Phase.ACTED:
         memory = replace(memory, phase=Phase.ACTED, acted=Action.PAUSE, acted_at=now)
-        return tick.decision(memory, Action.PAUSE, 0.0, f"pause: blind for {unknown_ticks} ticks ({causes})", ())
-    return tick.decision(memory, Action.NONE, 0.0, f"blind for {unknown_ticks} ticks: {causes}", ())
+        return tick.decision(memory, Action.PAUSE, 0.0, f"pause: blind for {unknown_ticks} ticks ({causes})",
+                             resolved)
+    return tick.decision(memory, Action.NONE, 0.0, f"blind for {unknown_ticks} ticks: {causes}", resolved)

@@ -3,7 +3,8 @@
 Three kinds of evidence, the strongest wins:
 1. the Deployment already breaches the threshold;
 2. the new pods breach it while the old pods do not, so the Deployment will once every pod is new;
-3. a significant linear trend (of the Deployment, or of the new pods alone) reaches it within the horizon.
+3. a significant linear trend of the new pods reaches it within the horizon. Not the Deployment's own trend:
+   while pods are replaced its value moves with the mix of new and old pods, which is no trend of either.
 Evidence that old pods share (a traffic surge, a slow dependency) is capped below acting risk: the release
 is not its cause.
 """
@@ -59,8 +60,11 @@ class ThresholdTrendScorer:
             return Assessment(**base, risk=0.0, value=None, unknown=True, reason=f"{spec.name}: no data ({cause})")
         old_now = old.last if _fresh(old) else None
         old_breached = old_now is not None and spec.breached(old_now)
-        evidence = [e for e in self._level(spec, dep, new, old_now, old_breached, rollout, now) if e]
-        evidence += self._trends(spec, dep, new, old, now, horizon_seconds)
+        evidence = [
+            *self._level(spec, dep, new, old_now, old_breached, rollout, now),
+            self._trend(spec, new, old, now, horizon_seconds),
+        ]
+        evidence = [e for e in evidence if e is not None]
         value = dep.last if _fresh(dep) else new.last
         if not evidence:
             return Assessment(
@@ -112,31 +116,25 @@ class ThresholdTrendScorer:
             return now + elapsed
         return rollout.started_at + elapsed * share_needed / progress
 
-    def _trends(
-        self, spec: MetricSpec, dep: Series, new: Series, old: Series, now: float, horizon: float
-    ) -> list[_Evidence]:
-        found = []
-        old_trend = fit_trend(old, now, horizon, self.min_trend_points)
-        for label, series in (("deployment", dep), ("new pods", new)):
-            trend = fit_trend(series, now, horizon, self.min_trend_points)
-            seconds = self._significant_time_to(trend, spec)
-            if trend is None or seconds is None:
-                continue
-            risk = risk_for_time_to_breach(seconds, horizon)
-            if risk <= 0:
-                continue
-            shared = ""
-            old_seconds = self._significant_time_to(old_trend, spec)
-            if old_seconds is not None and old_seconds <= 2 * horizon:
-                risk = min(risk, SHARED_CAUSE_RISK_CAP)
-                shared = f"; old pods trend too (breach in {format_duration(old_seconds)}): not this release"
-            found.append(_Evidence(
-                risk, now + seconds,
-                f"{spec.name}: {label} {trend.level:.4g} trending {trend.slope * 60:+.3g}/min "
-                f"(t={trend.t_stat:.1f}, {trend.points} samples) reaches {spec.threshold:g} in "
-                f"{format_duration(seconds)}{shared}",
-            ))
-        return found
+    def _trend(self, spec: MetricSpec, new: Series, old: Series, now: float, horizon: float) -> _Evidence | None:
+        trend = fit_trend(new, now, horizon, self.min_trend_points)
+        seconds = self._significant_time_to(trend, spec)
+        if trend is None or seconds is None:
+            return None
+        risk = risk_for_time_to_breach(seconds, horizon)
+        if risk <= 0:
+            return None
+        shared = ""
+        old_seconds = self._significant_time_to(fit_trend(old, now, horizon, self.min_trend_points), spec)
+        if old_seconds is not None and old_seconds <= 2 * horizon:
+            risk = min(risk, SHARED_CAUSE_RISK_CAP)
+            shared = f"; old pods trend too (breach in {format_duration(old_seconds)}): not this release"
+        return _Evidence(
+            risk, now + seconds,
+            f"{spec.name}: new pods {trend.level:.4g} trending {trend.slope * 60:+.3g}/min "
+            f"(t={trend.t_stat:.1f}, {trend.points} samples) reaches {spec.threshold:g} in "
+            f"{format_duration(seconds)}{shared}",
+        )
 
     def _significant_time_to(self, trend: Trend | None, spec: MetricSpec) -> float | None:
         if trend is None:

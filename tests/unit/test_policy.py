@@ -136,3 +136,26 @@ def test_in_scope_covers_rollout_and_bake() -> None:
     assert in_scope(rollout(completed_at=100.0), 700.0, policy)
     assert not in_scope(rollout(completed_at=100.0), 701.0, policy)
     assert not in_scope(rollout(new_hash=None), 10.0, policy)
+
+
+def test_undone_revision_alert_fires_until_the_rollback_completes() -> None:
+    from predictor.policy import succeed
+
+    memory, decisions = run([0.9, 0.9])
+    assert decisions[-1].action is Action.UNDO and memory is not None
+    rollback = rollout(revision=3, is_rollback=True, new_hash="old", old_hashes=("new",))
+    successor, resolved = succeed(memory, rollback)
+    assert resolved == () and [a.revision for a in successor.alerts] == [2]
+    successor, decision = decide(successor, rollback, [risk(0.1)], 60.0, POLICY)
+    assert decision.resolved == () and [a.revision for a in decision.alerts] == [2]
+    _, decision = decide(successor, replace(rollback, completed_at=70.0), [risk(0.1)], 75.0, POLICY)
+    assert [(a.name, a.revision) for a in decision.resolved] == [(ALERT_BREACH, 2)]
+    assert decision.alerts == ()
+
+
+def test_replaced_revision_without_undo_resolves_at_once() -> None:
+    from predictor.policy import succeed
+
+    memory, _ = run([0.9, 0.9], policy=replace(POLICY, action=Action.PAUSE))
+    successor, resolved = succeed(memory, rollout(revision=3))
+    assert [a.revision for a in resolved] == [2] and successor.alerts == ()
