@@ -98,6 +98,8 @@ class Daemon:
                                next_run_time=datetime.now(UTC), misfire_grace_time=int(interval))
         self.scheduler.add_job(self.check_readiness, "interval", seconds=max(interval, 10.0), id="readiness",
                                max_instances=1, coalesce=True)
+        if self.leader is not None:
+            self.leader.start()
         self.scheduler.start()
         log.info("predictor running: %d target(s), %d metric(s), tick every %gs, action %s%s, http on %s:%d",
                  len(self.config.targets), len(self.config.metrics), interval, self.config.policy.action,
@@ -111,6 +113,8 @@ class Daemon:
         """Let a running tick finish, then stop the scheduler and the HTTP server."""
         if self.scheduler.running:
             self.scheduler.shutdown(wait=True)
+        if self.leader is not None:
+            self.leader.stop(timeout_seconds=5.0)  # releases the Lease: the follower takes over at once
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -164,13 +168,21 @@ def serve_http(daemon: Daemon, host: str, port: int) -> ThreadingHTTPServer:
 
 def build_daemon(config: Config) -> Daemon:
     """Wire the real adapters: Kubernetes API, Prometheus, Alertmanager, the wall clock."""
+    from kubernetes import client as kube_client
+
     from predictor.actuators.kubernetes import KubernetesActuator
     from predictor.alerting import AlertmanagerNotifier, LoggingNotifier
+    from predictor.config import ConfigError
     from predictor.detectors.trend import ThresholdTrendScorer
     from predictor.kube import build_api_client
+    from predictor.leader import LeaderElectionConfig, LeaderElectionConfigError, LeaderElector
     from predictor.rollouts.kubernetes import KubernetesRolloutSource
     from predictor.sources.prometheus import PrometheusMetricSource
 
+    try:
+        election = LeaderElectionConfig.from_env()
+    except LeaderElectionConfigError as exc:
+        raise ConfigError([str(exc)], "environment") from exc
     api_client = build_api_client(config.kubernetes)
     rollouts = KubernetesRolloutSource(api_client, config.targets)
     metrics = PrometheusMetricSource(config.prometheus)
@@ -180,7 +192,12 @@ def build_daemon(config: Config) -> Daemon:
         notifier = AlertmanagerNotifier(config.alertmanager, resend_seconds=config.policy.interval_seconds, clock=clock)
     else:
         notifier = LoggingNotifier()
+    leader = None
+    if election is not None:
+        leader = LeaderElector(kube_client.CoordinationV1Api(api_client), election, clock=clock)
     engine = Engine(config, rollouts=rollouts, metrics=metrics, actuator=KubernetesActuator(api_client, clock=clock),
-                    notifier=notifier, scorer=ThresholdTrendScorer())
+                    notifier=notifier, scorer=ThresholdTrendScorer(),
+                    may_act=leader.is_leader if leader is not None else lambda: True)
+    # Readiness never depends on leadership: a follower is ready to take over.
     checks = {"prometheus": metrics.is_online, "kubernetes": rollouts.is_online}
-    return Daemon(config, engine, readiness_checks=checks, clock=clock)
+    return Daemon(config, engine, readiness_checks=checks, clock=clock, leader=leader)
