@@ -24,7 +24,9 @@ class KubeConfigError(RuntimeError):
     """No usable Kubernetes credentials: the message says which source was tried and why it failed."""
 
 
-def build_api_client(settings: KubernetesConfig, environ: Mapping[str, str] | None = None) -> client.ApiClient:
+def build_api_client(
+    settings: KubernetesConfig, environ: Mapping[str, str] | None = None
+) -> client.ApiClient:
     """ApiClient from, in order: `kubernetes.kubeconfig` when set; the pod's service account when running in a
     pod (KUBERNETES_SERVICE_HOST set); else the default kubeconfig ($KUBECONFIG or ~/.kube/config).
 
@@ -36,7 +38,9 @@ def build_api_client(settings: KubernetesConfig, environ: Mapping[str, str] | No
         try:
             config.load_incluster_config(client_configuration=configuration)
         except config.ConfigException as exc:
-            raise KubeConfigError(f"kubernetes: in-cluster config ({IN_CLUSTER_ENV} is set) failed: {exc}") from exc
+            raise KubeConfigError(
+                f"kubernetes: in-cluster config ({IN_CLUSTER_ENV} is set) failed: {exc}"
+            ) from exc
         return client.ApiClient(configuration)
     source = str(settings.kubeconfig) if settings.kubeconfig else "the default kubeconfig"
     try:

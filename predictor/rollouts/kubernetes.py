@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -74,7 +75,7 @@ class _Informer:
             self.resource_version = str((body.get("metadata") or {}).get("resourceVersion") or "") or None
         self.synced = True
         self.healthy = True
-        log.debug("listed %d %s objects at resourceVersion %s", len(objects), self, self.resource_version)
+        log.debug("listed %s: %d objects at resourceVersion %s", self, len(objects), self.resource_version)
 
     def snapshot(self) -> list[dict[str, Any]]:
         with self._lock:
@@ -93,8 +94,10 @@ class _Informer:
                 self.resource_version = str(version)
         self.healthy = True
 
-    def watch_once(self) -> None:
-        """One watch request from the current resourceVersion until the server ends it or `stop()`."""
+    def watch_once(self) -> int:
+        """One watch request from the current resourceVersion until the server ends it or `stop()`; returns
+        how many events it delivered."""
+        count = 0
         stream = watch.Watch(return_type="object")  # "object": events keep the raw dict, unvalidated
         self._watch = stream
         try:
@@ -110,8 +113,10 @@ class _Informer:
                 if self._stopping.is_set():
                     break
                 self._apply_event(event)
+                count += 1
         finally:
             self._watch = None
+        return count
 
     def run(self) -> None:
         delay = self._backoff_seconds
@@ -120,7 +125,9 @@ class _Informer:
                 if not self.synced or self.resource_version is None:
                     self.relist()
                     delay = self._backoff_seconds
-                self.watch_once()
+                opened = time.monotonic()
+                if self.watch_once() == 0 and time.monotonic() - opened < 1.0:
+                    self._stopping.wait(self._backoff_seconds)  # watches ended at once: no busy loop
             except ApiException as exc:
                 if self._stopping.is_set():
                     break
@@ -138,7 +145,7 @@ class _Informer:
     def _fail(self, exc: BaseException, delay: float) -> float:
         """Mark unhealthy, wait `delay` (cut short by close()), ask for a re-list; return the next delay."""
         level = logging.WARNING if self.healthy else logging.DEBUG
-        log.log(level, "watch of %s failed, retrying in %.1fs: %s", self, delay, _describe(exc))
+        log.log(level, "watch of %s failed, retrying in %.2gs: %s", self, delay, _describe(exc))
         self.healthy = False
         self.synced = False
         self._stopping.wait(delay)
@@ -146,15 +153,19 @@ class _Informer:
 
     def start(self) -> None:
         if self._thread is None:
-            self._thread = threading.Thread(target=self.run, name=f"watch-{self.kind}-{self.namespace}", daemon=True)
+            name = f"watch-{self.kind}-{self.namespace}"
+            self._thread = threading.Thread(target=self.run, name=name, daemon=True)
             self._thread.start()
 
     def stop(self, timeout_seconds: float) -> None:
-        current = self._watch
-        if current is not None:
-            current.stop()
-        if self._thread is not None:
-            self._thread.join(timeout_seconds)
+        """End the watch and join the thread. `Watch.stop()` can only cut a stream whose response has arrived,
+        so it is repeated until the thread ends (a watch opening at the moment of the first call)."""
+        deadline = time.monotonic() + timeout_seconds
+        while self._thread is not None and self._thread.is_alive() and time.monotonic() < deadline:
+            current = self._watch
+            if current is not None:
+                current.stop()
+            self._thread.join(0.05)
 
 
 def _describe(exc: BaseException) -> str:
@@ -205,8 +216,8 @@ class KubernetesRolloutSource:
                     )
 
     def sync(self) -> None:
-        """List every watched collection now and start the watch threads. Raises ApiException when a LIST fails;
-        idempotent once it has succeeded."""
+        """List every watched collection now and start the watch threads. Raises ApiException (or a
+        connection error) when a LIST fails; idempotent once it has succeeded."""
         with self._start_lock:
             if self._started:
                 return
@@ -241,16 +252,20 @@ class KubernetesRolloutSource:
         states.sort(key=lambda state: state.ref)
         return states
 
-    def _warn_if_orphan(self, deployment: dict[str, Any], replicasets: list[dict[str, Any]], target: Target) -> None:
-        """Say once when a Deployment that has run pods has no ReplicaSet in the cache: the selector misses them."""
+    def _warn_if_orphan(
+        self, deployment: dict[str, Any], replicasets: list[dict[str, Any]], target: Target
+    ) -> None:
+        """Warn once about a Deployment running pods without a ReplicaSet in the cache (selector misses)."""
         key = (target.namespace, str(deployment["metadata"]["name"]))
         status = deployment.get("status") or {}
-        if key in self._warned_orphans or not status.get("replicas") or owned_replicasets(deployment, replicasets):
+        if key in self._warned_orphans or not status.get("replicas"):
+            return
+        if owned_replicasets(deployment, replicasets):
             return
         self._warned_orphans.add(key)
         log.warning(
-            "deployment %s/%s runs %s pods but no ReplicaSet of it matches selector %r: its pod template labels "
-            "must carry the selector's labels for new and old pods to be told apart",
+            "deployment %s/%s runs %s pods but no ReplicaSet of it matches selector %r: its pod template "
+            "labels must carry the selector's labels for new and old pods to be told apart",
             key[0], key[1], status.get("replicas"), target.selector,
         )
 

@@ -1,16 +1,18 @@
 """Pure functions from Kubernetes Deployment and ReplicaSet objects (dict form, as the API serves them) to a
 RolloutState, and the ReplicaSet helpers the Kubernetes actuator needs for an undo.
 
-Called by the live Kubernetes rollout source on every tick, by the actuator, and usable by any replay that can
-rebuild the same dicts (kube-state-metrics carries revisions, replicas, owners and creation times). No I/O here.
+Called by the live Kubernetes rollout source on every tick, by the actuator, and usable by any replay that
+can rebuild the same dicts (kube-state-metrics carries revisions, replicas, owners and creation times).
+No I/O here.
 
 The rules follow the deployment controller (`pkg/controller/deployment/util/deployment_util.go`):
 1. a ReplicaSet belongs to a Deployment through a controller ownerReference (by uid, or by kind and name when
    the objects carry no uid, as in a replay);
 2. the new ReplicaSet is the oldest owned one whose pod template equals the Deployment's, ignoring the
    pod-template-hash label; without a template (a replay), the one whose revision is the Deployment's;
-3. a rollback brings an old template back: the controller reuses its ReplicaSet and bumps its revision, so the
-   new ReplicaSet is older than another owned one.
+3. a rollback brings an old template back: the controller reuses its ReplicaSet, bumps its revision and
+   records the former ones in `deployment.kubernetes.io/revision-history`; so the new ReplicaSet has that
+   annotation, or (in a replay, which lacks it) was created before another owned one.
 """
 
 from __future__ import annotations
@@ -24,13 +26,14 @@ from predictor.domain import POD_TEMPLATE_HASH_LABEL, REVISION_ANNOTATION, Deplo
 
 Obj = Mapping[str, Any]
 
+REVISION_HISTORY_ANNOTATION = "deployment.kubernetes.io/revision-history"
 PROGRESSING = "Progressing"
 REASON_NEW_RS_AVAILABLE = "NewReplicaSetAvailable"
 REASON_DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"
 
 
 def parse_time(text: str | None) -> float | None:
-    """RFC3339 (with or without fractional seconds, `Z` or an offset) -> POSIX seconds; None if absent/invalid."""
+    """RFC3339 (fractional seconds optional, `Z` or an offset) -> POSIX seconds; None if absent/invalid."""
     if not text or not isinstance(text, str):
         return None
     try:
@@ -43,7 +46,7 @@ def parse_time(text: str | None) -> float | None:
 
 
 def format_time(seconds: float) -> str:
-    """POSIX seconds -> RFC3339 in UTC with a `Z`, whole seconds (the form Kubernetes writes in metav1.Time)."""
+    """POSIX seconds -> RFC3339 in UTC with a `Z`, whole seconds (as Kubernetes writes metav1.Time)."""
     return datetime.fromtimestamp(int(seconds), tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -77,8 +80,8 @@ def pod_template_hash(rs: Obj) -> str | None:
     labels = _meta(rs).get("labels") or {}
     value = labels.get(POD_TEMPLATE_HASH_LABEL)
     if value is None:
-        tpl_labels = (((rs.get("spec") or {}).get("template") or {}).get("metadata") or {}).get("labels") or {}
-        value = tpl_labels.get(POD_TEMPLATE_HASH_LABEL)
+        template = (rs.get("spec") or {}).get("template") or {}
+        value = ((template.get("metadata") or {}).get("labels") or {}).get(POD_TEMPLATE_HASH_LABEL)
     return str(value) if value is not None else None
 
 
@@ -145,8 +148,10 @@ def find_new_replicaset(deployment: Obj, owned: Sequence[Obj]) -> Obj | None:
     """The ReplicaSet of the Deployment's current template (rule 2 of the module docstring)."""
     template = (deployment.get("spec") or {}).get("template")
     if template and any((rs.get("spec") or {}).get("template") for rs in owned):
-        matching = sorted((rs for rs in owned if templates_equal((rs.get("spec") or {}).get("template"), template)),
-                          key=_sort_key)
+        matching = sorted(
+            (rs for rs in owned if templates_equal((rs.get("spec") or {}).get("template"), template)),
+            key=_sort_key,
+        )
         return matching[0] if matching else None
     current = revision_of(deployment)
     if current is None:
@@ -176,6 +181,16 @@ def _progressing(deployment: Obj) -> Obj:
         if condition.get("type") == PROGRESSING:
             return condition
     return {}
+
+
+def _is_reused(new_rs: Obj, owned: Sequence[Obj]) -> bool:
+    """Rule 3: the new ReplicaSet served an earlier revision (creation times have 1 s resolution: both)."""
+    if (_meta(new_rs).get("annotations") or {}).get(REVISION_HISTORY_ANNOTATION):
+        return True
+    new_created = _created(new_rs)
+    return new_created is not None and any(
+        (created := _created(rs)) is not None and new_created < created for rs in owned if rs is not new_rs
+    )
 
 
 def rollout_state_from_objects(deployment: Obj, replicasets: Sequence[Obj]) -> RolloutState:
@@ -228,10 +243,7 @@ def rollout_state_from_objects(deployment: Obj, replicasets: Sequence[Obj]) -> R
     if complete and progressing.get("reason") == REASON_NEW_RS_AVAILABLE:
         completed_at = parse_time(progressing.get("lastUpdateTime"))
 
-    new_created = _created(new_rs) if new_rs is not None else None
-    is_rollback = new_created is not None and any(
-        (created := _created(rs)) is not None and new_created < created for rs in owned if rs is not new_rs
-    )
+    is_rollback = new_rs is not None and _is_reused(new_rs, owned)
 
     return RolloutState(
         ref=ref,

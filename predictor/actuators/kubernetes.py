@@ -1,0 +1,301 @@
+"""The Kubernetes Actuator: pauses or undoes a Deployment's rollout, or records an alert, and says why in
+annotations on the Deployment and in a Warning Event.
+
+The engine calls `apply()` once per decision that asks for an action. Every attempt starts from a fresh read,
+and every write carries the resourceVersion it read, so the API server refuses (409) a write based on a stale
+read; a conflict is retried on a new read a few times. The annotations make the action happen once per
+revision, across restarts and replicas of the daemon.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import socket
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import urllib3
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from predictor.domain import (
+    ACTION_SEVERITY,
+    ANNOTATION_ACTED_AT,
+    ANNOTATION_ACTED_REVISION,
+    ANNOTATION_ACTION,
+    ANNOTATION_DRY_RUN,
+    ANNOTATION_PREDICTED_BREACH,
+    ANNOTATION_REASON,
+    ANNOTATION_RISK,
+    REVISION_ANNOTATION,
+    Action,
+    Decision,
+    RolloutState,
+)
+from predictor.kube import call_json
+from predictor.ports import ActionResult, Clock
+from predictor.rollouts.state import (
+    format_time,
+    owned_replicasets,
+    previous_revision_below,
+    replicaset_of_revision,
+    revision_of,
+    selector_string,
+    template_without_hash,
+    templates_equal,
+)
+
+log = logging.getLogger(__name__)
+
+MERGE_PATCH = "application/merge-patch+json"
+JSON_PATCH = "application/json-patch+json"
+HTTP_NOT_FOUND = 404
+HTTP_CONFLICT = 409
+EVENT_REASONS: Mapping[Action, str] = {
+    Action.PAUSE: "PredictorPaused",
+    Action.UNDO: "PredictorRolledBack",
+    Action.ALERT: "PredictorAlert",
+}
+EVENT_REASON_DRY_RUN = "PredictorDryRun"
+ROLLBACK_ANNOTATIONS_TO_SKIP = frozenset({
+    # Kept from the Deployment, never copied from the ReplicaSet (kubectl's `annotationsToSkip`).
+    "kubectl.kubernetes.io/last-applied-configuration",
+    REVISION_ANNOTATION,
+    "deployment.kubernetes.io/revision-history",
+    "deployment.kubernetes.io/desired-replicas",
+    "deployment.kubernetes.io/max-replicas",
+    "deprecated.deployment.rollback.to",
+})
+MAX_MESSAGE_CHARS = 1024
+
+
+class ActuatorError(RuntimeError):
+    """An action could not be carried out; the message names the Deployment, the revision and the cause."""
+
+
+class _WallClock:
+    def now(self) -> float:
+        return time.time()
+
+
+class KubernetesActuator:
+    """Actuator over the Kubernetes API.
+
+    `component` names this daemon in Events (source.component, reportingComponent). A 409 Conflict is
+    retried on a fresh read up to `max_attempts` times in all (default 5), sleeping
+    `conflict_backoff_seconds` (default 0.05), doubled each time, in between.
+    """
+
+    def __init__(
+        self,
+        api_client: client.ApiClient,
+        component: str = "predictor",
+        clock: Clock | None = None,
+        *,
+        max_attempts: int = 5,
+        conflict_backoff_seconds: float = 0.05,
+    ) -> None:
+        if max_attempts < 1:
+            raise ValueError(f"max_attempts: expected at least 1, got {max_attempts}")
+        self._apps = client.AppsV1Api(api_client)
+        self._core = client.CoreV1Api(api_client)
+        self._component = component
+        self._clock: Clock = clock if clock is not None else _WallClock()
+        self._max_attempts = max_attempts
+        self._backoff_seconds = conflict_backoff_seconds
+        self._instance = socket.gethostname()[:128]
+
+    def apply(self, decision: Decision, rollout: RolloutState) -> ActionResult:
+        """Carry out `decision` on its Deployment (see the module docstring). Raises ActuatorError when the
+        API fails, when conflicts outlast `max_attempts`, or when an undo finds no earlier revision."""
+        if decision.action == Action.NONE:
+            return ActionResult(applied=False, detail="no action asked")
+        what = f"{decision.action.value} of {decision.ref} revision {decision.revision}"
+        for attempt in range(1, self._max_attempts + 1):
+            try:
+                return self._attempt(decision, rollout, attempt)
+            except ApiException as exc:
+                if exc.status == HTTP_NOT_FOUND:
+                    return ActionResult(applied=False, detail="deployment gone")
+                if exc.status != HTTP_CONFLICT:
+                    raise ActuatorError(f"{what} failed: {_api_error(exc)}") from exc
+                if attempt == self._max_attempts:
+                    raise ActuatorError(
+                        f"{what} failed: the Deployment kept changing under us (409 Conflict on all "
+                        f"{self._max_attempts} attempts)"
+                    ) from exc
+                log.info("%s: 409 Conflict on attempt %d of %d, re-reading",
+                         what, attempt, self._max_attempts)
+                time.sleep(self._backoff_seconds * 2 ** (attempt - 1))
+            except (urllib3.exceptions.HTTPError, OSError) as exc:
+                raise ActuatorError(f"{what} failed: cannot reach the API server: {exc}") from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _attempt(self, decision: Decision, rollout: RolloutState, attempt: int) -> ActionResult:
+        ref = decision.ref
+        deployment = call_json(self._apps.read_namespaced_deployment, ref.name, ref.namespace)
+        metadata = deployment.get("metadata") or {}
+        annotations = metadata.get("annotations") or {}
+
+        # Once per revision: a recorded action at least as strong as this one means done (an alert may still
+        # be followed by a pause, a pause by an undo).
+        if annotations.get(ANNOTATION_ACTED_REVISION) == str(decision.revision):
+            recorded = annotations.get(ANNOTATION_ACTION, "")
+            try:
+                recorded_action = Action(recorded)
+            except ValueError:
+                recorded_action = Action.NONE
+            if ACTION_SEVERITY[recorded_action] >= ACTION_SEVERITY[decision.action]:
+                return ActionResult(applied=False, detail=f"already acted on revision {decision.revision} "
+                                                          f"({recorded})")
+        current = revision_of(deployment)
+        if current != decision.revision:
+            return ActionResult(
+                applied=False,
+                detail=f"deployment is at revision {current}, not {decision.revision}: left alone",
+            )
+
+        if decision.dry_run:
+            self._emit_event(deployment, EVENT_REASON_DRY_RUN, decision)
+            log.info("dry run: would %s deployment %s at revision %d (risk %.2f): %s",
+                        decision.action.value, ref, decision.revision, decision.risk, decision.reason)
+            return ActionResult(applied=False, detail=f"dry run: would {decision.action.value}")
+
+        ours = self._annotations(decision)
+        version = metadata.get("resourceVersion")
+        changed = True  # False when the Deployment already was in the asked state (only annotations written)
+        if decision.action == Action.UNDO:
+            outcome = self._undo(deployment, decision, rollout, ours)
+            if isinstance(outcome, ActionResult):
+                return outcome
+            deployment, detail = outcome
+        elif decision.action == Action.PAUSE:
+            was_paused = bool((deployment.get("spec") or {}).get("paused"))
+            body = {"spec": {"paused": True}, "metadata": {"annotations": ours, "resourceVersion": version}}
+            deployment = self._merge_patch(ref.name, ref.namespace, body)
+            detail = f"paused at revision {decision.revision}"
+            if was_paused:
+                changed, detail = False, f"already paused at revision {decision.revision}; reason recorded"
+        else:
+            body = {"metadata": {"annotations": ours, "resourceVersion": version}}
+            deployment = self._merge_patch(ref.name, ref.namespace, body)
+            detail = f"alert recorded on revision {decision.revision}"
+        if attempt > 1:
+            detail += f" (attempt {attempt})"
+        self._emit_event(deployment, EVENT_REASONS[decision.action], decision)
+        # INFO, not WARNING: the engine logs the one WARNING per action, with this result's detail.
+        log.info("deployment %s: %s (risk %.2f): %s", ref, detail, decision.risk, decision.reason)
+        return ActionResult(applied=changed, detail=detail)
+
+    def _undo(
+        self, deployment: dict[str, Any], decision: Decision, rollout: RolloutState, ours: Mapping[str, str],
+    ) -> ActionResult | tuple[dict[str, Any], str]:
+        """Patch the template back as `kubectl rollout undo` does: (the patched Deployment, a detail), or a
+        result when there is nothing to patch."""
+        ref = decision.ref
+        spec = deployment.get("spec") or {}
+        listed = call_json(self._apps.list_namespaced_replica_set, ref.namespace,
+                           label_selector=selector_string(spec.get("selector")))
+        owned = owned_replicasets(deployment, listed.get("items") or [])
+        target = None
+        if rollout.previous_revision is not None and rollout.previous_revision != decision.revision:
+            target = replicaset_of_revision(owned, rollout.previous_revision)
+        if target is None:
+            below = previous_revision_below(decision.revision, owned)
+            target = replicaset_of_revision(owned, below) if below is not None else None
+        if target is None:
+            raise ActuatorError(f"undo of {ref} revision {decision.revision} failed: no ReplicaSet of an "
+                                "earlier revision is left to roll back to")
+        target_revision = revision_of(target)
+        template = template_without_hash((target.get("spec") or {}).get("template") or {})
+        if templates_equal(template, spec.get("template")):
+            return ActionResult(applied=False, detail=f"already at template of revision {target_revision}")
+
+        current = (deployment.get("metadata") or {}).get("annotations") or {}
+        annotations = {k: v for k, v in current.items() if k in ROLLBACK_ANNOTATIONS_TO_SKIP}
+        replicaset_annotations = (target.get("metadata") or {}).get("annotations") or {}
+        annotations.update(
+            {k: v for k, v in replicaset_annotations.items() if k not in ROLLBACK_ANNOTATIONS_TO_SKIP}
+        )
+        annotations.update(ours)
+        version = (deployment.get("metadata") or {}).get("resourceVersion")
+        operations = [
+            # Replacing resourceVersion with the one read makes it a precondition: a stale write gets 409.
+            {"op": "replace", "path": "/metadata/resourceVersion", "value": version},
+            {"op": "replace", "path": "/spec/template", "value": template},
+            {"op": "add", "path": "/metadata/annotations", "value": annotations},
+            # A paused Deployment does not roll back: resume it in the same write.
+            {"op": "add", "path": "/spec/paused", "value": False},
+        ]
+        patched = call_json(self._apps.patch_namespaced_deployment, ref.name, ref.namespace, operations,
+                            _content_type=JSON_PATCH)
+        rs_name = (target.get("metadata") or {}).get("name")
+        return patched, (f"rolled back from revision {decision.revision} to the template of revision "
+                         f"{target_revision} (ReplicaSet {rs_name})")
+
+    def _merge_patch(self, name: str, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        return call_json(self._apps.patch_namespaced_deployment, name, namespace, body,
+                         _content_type=MERGE_PATCH)
+
+    def _annotations(self, decision: Decision) -> dict[str, str]:
+        breach = decision.predicted_breach
+        return {
+            ANNOTATION_ACTED_REVISION: str(decision.revision),
+            ANNOTATION_ACTION: decision.action.value,
+            ANNOTATION_ACTED_AT: format_time(self._clock.now()),
+            ANNOTATION_REASON: decision.reason,
+            ANNOTATION_RISK: f"{decision.risk:.3f}",
+            ANNOTATION_PREDICTED_BREACH: format_time(breach) if breach is not None else "",
+            ANNOTATION_DRY_RUN: "true" if decision.dry_run else "false",
+        }
+
+    def _emit_event(self, deployment: Mapping[str, Any], reason: str, decision: Decision) -> None:
+        """Create a Warning Event on the Deployment; a failure is logged, never raised."""
+        metadata = deployment.get("metadata") or {}
+        name, namespace = str(metadata.get("name", decision.ref.name)), decision.ref.namespace
+        now = self._clock.now()
+        suffix = f"{int(now * 1e9):x}{secrets.token_hex(3)}"
+        stamp = format_time(now)
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"name": f"{name[: 252 - len(suffix)]}.{suffix}", "namespace": namespace},
+            "involvedObject": {
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "name": name,
+                "namespace": namespace,
+                "uid": metadata.get("uid"),
+                "resourceVersion": metadata.get("resourceVersion"),
+            },
+            "reason": reason,
+            "message": decision.reason[:MAX_MESSAGE_CHARS],
+            "type": "Warning",
+            "source": {"component": self._component},
+            "firstTimestamp": stamp,
+            "lastTimestamp": stamp,
+            "count": 1,
+            "reportingComponent": self._component,
+            "reportingInstance": self._instance,
+        }
+        try:
+            call_json(self._core.create_namespaced_event, namespace, body)
+        except (ApiException, urllib3.exceptions.HTTPError, OSError) as exc:
+            detail = _api_error(exc) if isinstance(exc, ApiException) else str(exc)
+            log.error("could not create Event %s on deployment %s: %s", reason, decision.ref, detail)
+
+
+def _api_error(exc: ApiException) -> str:
+    """`HTTP 422 Unprocessable Entity: <the server's message>`."""
+    message = ""
+    body = exc.body
+    if body:
+        text = body.decode("utf-8", "replace") if isinstance(body, bytes) else str(body)
+        try:
+            message = str(json.loads(text).get("message") or "")
+        except (ValueError, AttributeError):
+            message = text[:300]
+    return f"HTTP {exc.status} {exc.reason}" + (f": {message}" if message else "")
