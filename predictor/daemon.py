@@ -10,6 +10,7 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -52,7 +53,8 @@ class Health:
 
 class Daemon:
     def __init__(self, config: Config, engine: Engine, *, readiness_checks: dict[str, Any],
-                 metrics: DaemonMetrics | None = None, clock: Any = None, leader: Any = None) -> None:
+                 metrics: DaemonMetrics | None = None, clock: Any = None, leader: Any = None,
+                 on_stop: Sequence[Callable[[], object]] = ()) -> None:
         self.config = config
         self.engine = engine
         self.metrics = metrics or DaemonMetrics()
@@ -60,6 +62,8 @@ class Daemon:
         self.health = Health(started=self.clock.now())
         self.readiness_checks = readiness_checks
         self.leader = leader
+        self.on_stop = list(on_stop)
+        """Closers run after the last tick (watch threads, the alert queue's final flush)."""
         self.scheduler = BackgroundScheduler(timezone=UTC)
         self.stopped = threading.Event()
         self._server: ThreadingHTTPServer | None = None
@@ -115,6 +119,11 @@ class Daemon:
             self.scheduler.shutdown(wait=True)
         if self.leader is not None:
             self.leader.stop(timeout_seconds=5.0)  # releases the Lease: the follower takes over at once
+        for close in self.on_stop:
+            try:
+                close()
+            except Exception:  # shutting down regardless
+                log.exception("error while closing")
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -200,4 +209,5 @@ def build_daemon(config: Config) -> Daemon:
                     may_act=leader.is_leader if leader is not None else lambda: True)
     # Readiness never depends on leadership: a follower is ready to take over.
     checks = {"prometheus": metrics.is_online, "kubernetes": rollouts.is_online}
-    return Daemon(config, engine, readiness_checks=checks, clock=clock, leader=leader)
+    return Daemon(config, engine, readiness_checks=checks, clock=clock, leader=leader,
+                  on_stop=[rollouts.close, notifier.close])
