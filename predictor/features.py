@@ -91,6 +91,7 @@ class Trend:
     slope: float
     t_stat: float
     points: int
+    span_seconds: float
 
     def time_to(self, threshold: float) -> float | None:
         """Seconds from now until the line reaches `threshold`; None if it moves away or is flat."""
@@ -120,4 +121,5 @@ def fit_trend(series: Series, now: float, window_seconds: float, min_points: int
     sigma2 = float((residuals**2).sum() / dof) if dof > 0 else 0.0
     stderr = math.sqrt(sigma2 / sxx) if sigma2 > 0 else 0.0
     t_stat = (math.inf if slope != 0 else 0.0) if stderr == 0.0 else slope / stderr
-    return Trend(level=level, slope=slope, t_stat=t_stat, points=int(times.size))
+    span = float(times[-1] - times[0])
+    return Trend(level=level, slope=slope, t_stat=t_stat, points=int(times.size), span_seconds=span)

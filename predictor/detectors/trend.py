@@ -45,10 +45,18 @@ class _Evidence:
 
 @dataclass(frozen=True)
 class ThresholdTrendScorer:
-    """Scores a metric from its recent history; `min_t_stat` is how significant a trend must be to count."""
+    """Scores a metric from its recent history.
+
+    `min_t_stat`: how significant a trend must be to count. `warmup_seconds` (default 90): samples of the new pods
+    this soon after the rollout started are left out of trends, since a new pod's rates ramp up over the query's
+    range window and its caches warm. `max_extrapolation` (default 3): a trend is never extended further ahead than
+    this many times the span of samples it was fitted on.
+    """
 
     min_t_stat: float = 3.0
     min_trend_points: int = 4
+    warmup_seconds: float = 90.0
+    max_extrapolation: float = 3.0
 
     def assess(
         self, rollout: RolloutState, spec: MetricSpec, history: MetricHistory, now: float, horizon_seconds: float
@@ -62,7 +70,7 @@ class ThresholdTrendScorer:
         old_breached = old_now is not None and spec.breached(old_now)
         evidence = [
             *self._level(spec, dep, new, old_now, old_breached, rollout, now),
-            self._trend(spec, new, old, now, horizon_seconds),
+            self._trend(spec, new, old, rollout, now, horizon_seconds),
         ]
         evidence = [e for e in evidence if e is not None]
         value = dep.last if _fresh(dep) else new.last
@@ -116,10 +124,15 @@ class ThresholdTrendScorer:
             return now + elapsed
         return rollout.started_at + elapsed * share_needed / progress
 
-    def _trend(self, spec: MetricSpec, new: Series, old: Series, now: float, horizon: float) -> _Evidence | None:
-        trend = fit_trend(new, now, horizon, self.min_trend_points)
+    def _trend(
+        self, spec: MetricSpec, new: Series, old: Series, rollout: RolloutState, now: float, horizon: float
+    ) -> _Evidence | None:
+        window = min(horizon, now - (rollout.started_at + self.warmup_seconds))
+        if window <= 0:
+            return None
+        trend = fit_trend(new, now, window, self.min_trend_points)
         seconds = self._significant_time_to(trend, spec)
-        if trend is None or seconds is None:
+        if trend is None or seconds is None or seconds > self.max_extrapolation * trend.span_seconds:
             return None
         risk = risk_for_time_to_breach(seconds, horizon)
         if risk <= 0:

@@ -65,15 +65,28 @@ def test_breach_shared_by_old_pods_is_capped_below_acting() -> None:
 
 
 def test_linear_trend_predicts_time_to_breach() -> None:
-    # +0.001 per 15 s from 0.01: reaches 0.05 after 40 steps; we are at step 10
-    a = assess("0.01+0.001x10", "0.01+0.001x10", "0.01x11")
-    assert a.predicted_breach == pytest.approx(40 * STEP, rel=0.01)
-    assert a.risk == pytest.approx(risk_for_time_to_breach(30 * STEP, 600.0), rel=0.01)
+    # +0.0005 per 15 s from 0.01: reaches 0.05 after 80 steps; we are at step 40
+    a = assess("0.01+0.0005x40", "0.01+0.0005x40", "0.01x41")
+    assert a.predicted_breach == pytest.approx(80 * STEP, rel=0.01)
+    assert a.risk == pytest.approx(risk_for_time_to_breach(40 * STEP, 600.0), rel=0.01)
+
+
+def test_warmup_ramp_of_new_pods_is_not_a_trend() -> None:
+    # a new pod's rate() ramps from 0 over its first minute, then holds: no trend to extrapolate
+    a = assess("0.1 0.1 0.1 0.1 0.1 0.1 0.1 0.1", "0 0.1 0.2 0.3 0.35 0.35 0.35 0.35", "0.35x8",
+               spec=MetricSpec(name="cpu", query='x{pod=~"{pods}"}', threshold=0.9))
+    assert a.risk == 0.0
+
+
+def test_a_short_trend_is_not_extrapolated_far() -> None:
+    # 2 minutes after warm-up, rising +0.0005 per 15 s: the breach is 13 minutes away, beyond 3 x the span
+    a = assess("0.01+0.0005x14", "0.01+0.0005x14", "0.01x15", horizon=3600.0)
+    assert a.predicted_breach is None
 
 
 def test_trend_shared_with_old_pods_is_capped() -> None:
-    a = assess("0.01+0.001x10", "0.01+0.001x10", "0.01+0.001x10")
-    assert a.risk <= SHARED_CAUSE_RISK_CAP
+    a = assess("0.01+0.0005x40", "0.01+0.0005x40", "0.01+0.0005x40")
+    assert 0 < a.risk <= SHARED_CAUSE_RISK_CAP
     assert "not this release" in a.reason
 
 
