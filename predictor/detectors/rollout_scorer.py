@@ -1,0 +1,628 @@
+"""Rollout-aware forecast scoring: the trained drop-in for `ThresholdTrendScorer` behind the Scorer interface.
+
+The engine calls `assess` once per rollout, metric and tick. Per (Deployment, revision, metric, scope) the scorer
+keeps a damped-trend forecaster and a few recent samples, and feeds them only the samples it has not seen yet, so
+a tick costs the same whatever the age of the rollout. Four kinds of evidence, the strongest wins:
+
+1. the Deployment breaches now (the median of its last 5 samples, so an outlier or two is not a breach);
+2. new pods against old pods at the same moments: the Deployment once every pod runs the new revision is the old
+   pods' level plus the new-minus-old difference. Counted only with enough new pods and aligned samples, when
+   the breach has persisted over several samples and the new pods' forecast does not decay back within
+   `settle_seconds` (the warm-up of new pods);
+3. the damped-trend forecast of the Deployment and of the new pods: probability of a breach within the horizon.
+   A trend that flattens (a cache filling up) is damped, not extrapolated linearly;
+4. with a trained `RolloutIsolationForest`: its verdict that the joint feature vector of the rollout is unusual,
+   for the metric that deviates most. On its own it is capped below acting risk (an unusual rollout is not a
+   predicted breach: a cache filling up is unusual too); `forest_weight` > 0 lets it raise a forecast.
+
+Evidence that old pods share (a traffic surge, a slow dependency) is capped at SHARED_CAUSE_RISK_CAP: the release
+is not its cause. Old pods are summarised by the median of their recent samples, so one noisy old pod (or one
+scrape) does not flip the comparison. Unknown samples (scrape gaps, too little traffic) are skipped; the running
+median inside each forecaster takes out single outliers such as counter resets.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+
+from predictor.config import MetricSpec, format_duration
+from predictor.detectors.forecast import DampedTrendForecaster
+from predictor.detectors.forest import RolloutIsolationForest
+from predictor.detectors.trend import SHARED_CAUSE_RISK_CAP
+from predictor.domain import Assessment, DeploymentRef, Direction, RolloutState, Scope
+from predictor.features import MetricHistory, Series
+
+DEFAULT_LIVE_PARAMS: Mapping[str, float] = {"alpha": 0.3, "beta": 0.05, "phi": 0.96}
+"""Smoothing parameters of a series without a trained forecaster: quick to follow a regression within a few
+samples (alpha), a trend that builds over about ten samples (beta) and levels off within a few minutes (phi)."""
+SETTLING_RISK_CAP = 0.5
+"""Risk of a breach by new pods whose forecast decays back below the threshold: warming up, not broken."""
+RELEASE_Z = 2.0
+"""New pods count as worse than old pods when the median difference exceeds this many combined sigmas."""
+NEGLIGIBLE_PROBABILITY = 1e-6
+"""Below this bound of the breach probability a forecast is not computed step by step."""
+FLATTEN_SAMPLES = 4
+"""Samples over which a trend shrinking faster than its damping marks a curve levelling off."""
+NEW_POD_BREACH_RISK = 0.95
+"""Risk of a persisted, release-specific breach of the new pods (times the confidence of the margin)."""
+
+TrackKey = tuple[DeploymentRef, int, str, Scope]
+
+
+@dataclass(frozen=True)
+class _Evidence:
+    risk: float
+    breach_at: float | None
+    reason: str
+
+
+@dataclass
+class _Track:
+    """What the scorer remembers of one series: its forecaster and its last few samples."""
+
+    forecaster: DampedTrendForecaster
+    last_time: float = -math.inf
+    times: deque[float] = field(default_factory=deque)
+    values: deque[float] = field(default_factory=deque)
+    pods: deque[int] = field(default_factory=deque)
+    trends: deque[float] = field(default_factory=deque)
+    """The forecaster's trend after each of the last FLATTEN_SAMPLES + 1 known samples."""
+    seen: float = -math.inf
+
+
+def _fmt(value: float | None) -> str:
+    return "unknown" if value is None else f"{value:.4g}"
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    n = len(ordered)
+    mid = n // 2
+    return ordered[mid] if n % 2 else 0.5 * (ordered[mid - 1] + ordered[mid])
+
+
+def _phi(z: float) -> float:
+    """Standard normal CDF."""
+    return 0.5 * math.erfc(-z / math.sqrt(2.0))
+
+
+class ForecastScorer:
+    """Scores one metric of one rollout from damped-trend forecasts and the new-versus-old comparison.
+
+    Parameters (all optional):
+    - `step_seconds`: the tick, the step the forecasters count in (`policy.interval_seconds`).
+    - `forecasters`: fitted `DampedTrendForecaster`s whose parameters seed each live series, keyed by
+      `"<namespace>/<name>:<metric>"` or by `"<metric>"` (looked up in that order); missing ones use
+      `default_params`.
+    - `forest`: a fitted `RolloutIsolationForest` (evidence 4), None to leave it out.
+    - `min_new_pods`, `min_new_samples`: below these the new-versus-old comparison abstains.
+    - `min_forecast_samples`: samples a series needs before its forecast counts.
+    - `settle_seconds`: how far ahead the new pods' forecast must still breach (warm-up grace).
+    - `robust_samples`: recent samples the old pods' median is taken over.
+    - `sigma_floor_fraction`: the forecasters' sigma is at least this share of |threshold| (constant series).
+    - `shared_fraction`: old pods' breach probability, as a share of the new pods', that makes a cause shared.
+    - `urgency_discount`: a breach at the horizon weighs this much less than one now.
+    - `forest_risk_cap`, `forest_weight`: the risk of the forest's verdict on its own, and its weight when it
+      corroborates a forecast (0: informational only).
+    - `forget_after_seconds`: series not assessed for this long are dropped from memory.
+    """
+
+    def __init__(
+        self,
+        *,
+        step_seconds: float = 15.0,
+        forecasters: Mapping[str, DampedTrendForecaster] | None = None,
+        forest: RolloutIsolationForest | None = None,
+        default_params: Mapping[str, float] = DEFAULT_LIVE_PARAMS,
+        min_new_pods: int = 1,
+        min_new_samples: int = 4,
+        min_forecast_samples: int = 6,
+        settle_seconds: float = 60.0,
+        robust_samples: int = 5,
+        sigma_floor_fraction: float = 0.01,
+        shared_fraction: float = 0.5,
+        urgency_discount: float = 0.25,
+        forest_risk_cap: float = SHARED_CAUSE_RISK_CAP,
+        forest_weight: float = 0.0,
+        forget_after_seconds: float = 3600.0,
+    ) -> None:
+        self.step_seconds = step_seconds
+        self.forecasters = dict(forecasters or {})
+        self.forest = forest
+        self.default_params = dict(default_params)
+        self.min_new_pods = min_new_pods
+        self.min_new_samples = min_new_samples
+        self.min_forecast_samples = min_forecast_samples
+        self.settle_seconds = settle_seconds
+        self.robust_samples = robust_samples
+        self.sigma_floor_fraction = sigma_floor_fraction
+        self.shared_fraction = shared_fraction
+        self.urgency_discount = urgency_discount
+        self.forest_risk_cap = forest_risk_cap
+        self.forest_weight = forest_weight
+        self.forget_after_seconds = forget_after_seconds
+        self._validate()
+        self._default = DampedTrendForecaster.from_params(
+            alpha=self.default_params["alpha"], beta=self.default_params["beta"], phi=self.default_params["phi"],
+            step_seconds=step_seconds,
+        )
+        self._tracks: dict[TrackKey, _Track] = {}
+        self._revisions: dict[DeploymentRef, int] = {}
+        self._tick: float | None = None
+        self._ticks_since_sweep = 0
+        self._forest_cache: dict[tuple[DeploymentRef, int], tuple[float, dict[str, float]] | None] = {}
+        self._forest_tick: float | None = None
+
+    def _validate(self) -> None:
+        """The scorer is built once from config by the wiring: a bad value fails there, naming the parameter."""
+        if not (self.step_seconds > 0 and math.isfinite(self.step_seconds)):
+            raise ValueError(f"step_seconds: expected a positive number of seconds, got {self.step_seconds!r}")
+        for name in ("min_new_pods", "min_new_samples", "min_forecast_samples", "robust_samples"):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and value >= 1):
+                raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
+        for name in ("sigma_floor_fraction", "shared_fraction", "urgency_discount", "forest_risk_cap",
+                     "forest_weight"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name}: expected 0..1, got {value!r}")
+        if self.settle_seconds < 0:
+            raise ValueError(f"settle_seconds: expected >= 0, got {self.settle_seconds!r}")
+        missing = {"alpha", "beta", "phi"} - set(self.default_params)
+        if missing:
+            raise ValueError(f"default_params: missing {', '.join(sorted(missing))}")
+        for key, forecaster in self.forecasters.items():
+            if not hasattr(forecaster, "alpha_"):
+                raise ValueError(f"forecasters[{key!r}]: not fitted")
+            if forecaster.step_seconds != self.step_seconds:
+                raise ValueError(f"forecasters[{key!r}]: fitted for a {forecaster.step_seconds:g}s step, "
+                                 f"the scorer runs every {self.step_seconds:g}s")
+        if self.forest is not None and not hasattr(self.forest, "forest_"):
+            raise ValueError("forest: not fitted")
+
+    # The Scorer interface ---------------------------------------------------------------------------------
+    def assess(
+        self, rollout: RolloutState, spec: MetricSpec, history: MetricHistory, now: float, horizon_seconds: float
+    ) -> Assessment:
+        self._start_tick(now)
+        ref, revision = rollout.ref, rollout.revision
+        if self._revisions.get(ref) != revision:
+            self._forget(ref)
+            self._revisions[ref] = revision
+        series = {scope: history.series(ref, revision, spec.name, scope) for scope in Scope}
+        tracks = {scope: self._updated_track((ref, revision, spec.name, scope), spec, series[scope], now,
+                                             rollout.desired_replicas)
+                  for scope in Scope}
+        dep, new, old = (series[s] for s in Scope)
+        base: dict[str, Any] = {"metric": spec.name, "threshold": spec.threshold, "direction": spec.direction}
+        dep_fresh, new_fresh, old_fresh = (_fresh(s) for s in (dep, new, old))
+        if not dep_fresh and not new_fresh:
+            cause = dep.last_error or new.last_error or "no samples yet"
+            return Assessment(**base, risk=0.0, value=None, unknown=True, reason=f"{spec.name}: no data ({cause})")
+        value = dep.last if dep_fresh else new.last
+        view = _View(spec, rollout, now, horizon_seconds, self, tracks, dep_fresh, new_fresh, old_fresh)
+        evidence: list[_Evidence] = []
+        notes: list[str] = []
+        for found in (view.current(), view.comparison(notes), *view.forecasts()):
+            if found is not None:
+                evidence.append(found)
+        if self.forest is not None:
+            evidence, forest_note = self._with_forest(evidence, rollout, spec, history, now)
+            if forest_note:
+                notes.append(forest_note)
+        note = f" ({'; '.join(notes)})" if notes else ""
+        if not evidence:
+            return Assessment(
+                **base, risk=0.0, value=value,
+                reason=f"{spec.name}: deployment {_fmt(dep.last)}, new {_fmt(new.last)}, "
+                f"old {_fmt(view.old_ref())}, threshold {spec.threshold:g}; {view.quiet_forecast()}{note}",
+            )
+        best = max(evidence, key=lambda e: e.risk)
+        return Assessment(**base, risk=round(best.risk, 4), value=value, predicted_breach=best.breach_at,
+                          reason=best.reason + note)
+
+    # State ------------------------------------------------------------------------------------------------
+    def _start_tick(self, now: float) -> None:
+        if now == self._tick:
+            return
+        self._tick = now
+        self._ticks_since_sweep += 1
+        if self._ticks_since_sweep >= 40:
+            self._ticks_since_sweep = 0
+            cutoff = now - self.forget_after_seconds
+            for key in [k for k, t in self._tracks.items() if t.seen < cutoff]:
+                del self._tracks[key]
+            live = {k[0] for k in self._tracks}
+            for ref in [r for r in self._revisions if r not in live]:
+                del self._revisions[ref]
+
+    def _forget(self, ref: DeploymentRef) -> None:
+        for key in [k for k in self._tracks if k[0] == ref]:
+            del self._tracks[key]
+
+    def _template(self, ref: DeploymentRef, metric: str) -> DampedTrendForecaster:
+        return self.forecasters.get(f"{ref}:{metric}") or self.forecasters.get(metric) or self._default
+
+    def _updated_track(
+        self, key: TrackKey, spec: MetricSpec, series: Series, now: float, desired_replicas: int
+    ) -> _Track:
+        per_pod = spec.aggregate == "sum" and spec.denominator is None and spec.quantile is None
+        per_pod = per_pod and key[3] is not Scope.DEPLOYMENT
+        track = self._tracks.get(key)
+        if track is None:
+            # a trained sigma describes the Deployment series it was fitted on; new and old pods, fewer of them,
+            # are noisier or smoother, so they learn their own
+            forecaster = self._template(key[0], key[2]).spawn(keep_sigma=key[3] is Scope.DEPLOYMENT)
+            limit = spec.threshold / max(desired_replicas, 1) if per_pod else spec.threshold
+            forecaster.min_sigma = max(forecaster.min_sigma, self.sigma_floor_fraction * abs(limit), 1e-12)
+            keep = max(self.robust_samples, self.min_new_samples, 3)
+            track = _Track(forecaster, times=deque(maxlen=keep), values=deque(maxlen=keep), pods=deque(maxlen=keep),
+                           trends=deque(maxlen=FLATTEN_SAMPLES + 1))
+            self._tracks[key] = track
+        track.seen = now
+        times = series.times
+        if times.size and times[-1] > track.last_time:
+            start = int(times.searchsorted(track.last_time, side="right"))
+            for t, v, p in zip(times[start:].tolist(), series.values[start:].tolist(),
+                               series.pods[start:].tolist(), strict=True):
+                if per_pod:  # a sum grows with the pods: compare and project per pod
+                    v = v / p if p > 0 else math.nan
+                track.forecaster.update(t, v)
+                if math.isfinite(v):
+                    track.times.append(t)
+                    track.values.append(v)
+                    track.pods.append(int(p))
+                    track.trends.append(track.forecaster.trend_)
+            track.last_time = float(times[-1])
+        return track
+
+    # Forest -----------------------------------------------------------------------------------------------
+    def _forest_score(
+        self, rollout: RolloutState, history: MetricHistory, now: float
+    ) -> tuple[float, dict[str, float]] | None:
+        """The forest's calibrated score of this rollout now, scored in one batch per tick for every rollout in
+        the history (scikit-learn's per-call overhead would cost milliseconds per rollout)."""
+        assert self.forest is not None
+        if self._forest_tick != now:
+            self._forest_tick = now
+            keys = sorted(history.refs())
+            self._forest_cache = dict(zip(keys, self.forest.score_history(history, keys, now), strict=True))
+        key = (rollout.ref, rollout.revision)
+        if key not in self._forest_cache:
+            self._forest_cache[key] = self.forest.score_history(history, [key], now)[0]
+        return self._forest_cache[key]
+
+    def _with_forest(
+        self, evidence: list[_Evidence], rollout: RolloutState, spec: MetricSpec, history: MetricHistory,
+        now: float,
+    ) -> tuple[list[_Evidence], str]:
+        """The forest's verdict (score >= its fitted threshold) is evidence for the metric it points at, capped at
+        `forest_risk_cap`; with `forest_weight` > 0 it also raises that metric's release-specific forecast."""
+        scored = self._forest_score(rollout, history, now)
+        if scored is None:
+            return evidence, "isolation forest: abstained, too many unknown features"
+        score, deviations = scored
+        if spec.name not in deviations:
+            return evidence, ""
+        assert self.forest is not None
+        top = max(deviations, key=lambda m: deviations[m])
+        anomalous = score >= self.forest.threshold_
+        note = f"isolation forest {score:.2f}" + (f", anomalous, most unusual metric {top}" if anomalous else "")
+        if not anomalous or spec.name != top:
+            return evidence, note
+        combined = list(evidence)
+        if self.forest_weight > 0:
+            for i, e in enumerate(evidence):
+                if SHARED_CAUSE_RISK_CAP < e.risk < 1.0:
+                    boosted = e.risk + (1.0 - e.risk) * self.forest_weight * score
+                    combined[i] = _Evidence(boosted, e.breach_at, f"{e.reason}; corroborated by the isolation "
+                                            f"forest ({score:.2f})")
+        combined.append(_Evidence(self.forest_risk_cap, None,
+                                  f"{spec.name}: joint metrics unusual for a healthy rollout (isolation forest "
+                                  f"{score:.2f} >= {self.forest.threshold_:.2f}; {spec.name} deviates "
+                                  f"{deviations[spec.name]:.1f} robust sd from healthy)"))
+        return combined, note
+
+
+def _fresh(series: Series) -> bool:
+    return not series.empty and series.trailing_unknown == 0
+
+
+@dataclass
+class _View:
+    """One assessment's reading of the tracks: the evidence functions share these figures."""
+
+    spec: MetricSpec
+    rollout: RolloutState
+    now: float
+    horizon: float
+    scorer: ForecastScorer
+    tracks: dict[Scope, _Track]
+    dep_fresh: bool
+    new_fresh: bool
+    old_fresh: bool
+    risks: dict[Scope, tuple[float, float | None, float, float, float] | None] = field(default_factory=dict)
+
+    @property
+    def sign(self) -> float:
+        return 1.0 if self.spec.direction is Direction.ABOVE else -1.0
+
+    @property
+    def op(self) -> str:
+        return ">=" if self.spec.direction is Direction.ABOVE else "<="
+
+    @property
+    def per_pod(self) -> bool:
+        """A summed metric: new and old pods are compared per pod (their sums grow with their pod counts)."""
+        spec = self.spec
+        return spec.aggregate == "sum" and spec.denominator is None and spec.quantile is None
+
+    def limit(self, scope: Scope) -> float:
+        """The threshold a scope's tracked values are held against: per pod for the pods of a summed metric."""
+        if self.per_pod and scope is not Scope.DEPLOYMENT and self.rollout.desired_replicas > 0:
+            return self.spec.threshold / self.rollout.desired_replicas
+        return self.spec.threshold
+
+    def badness(self, value: float, scope: Scope = Scope.DEPLOYMENT) -> float:
+        """How far beyond the scope's threshold, >= 0 when breached."""
+        return self.sign * (value - self.limit(scope))
+
+    def over(self, value: float, scope: Scope) -> bool:
+        return self.badness(value, scope) >= 0
+
+    def robust_now(self, scope: Scope) -> float | None:
+        """Median of the last `robust_samples` samples; with fewer, the least bad of them: one or two outliers
+        (a counter reset, a scrape of a restarting pod) are never a level."""
+        values = list(self.tracks[scope].values)[-self.scorer.robust_samples:]
+        if not values:
+            return None
+        if len(values) == self.scorer.robust_samples:
+            return _median(values)
+        return min(values, key=lambda v: self.badness(v, scope))
+
+    def old_ref(self) -> float | None:
+        """The old pods' level: median over `robust_samples` recent samples."""
+        if not self.old_fresh:
+            return None
+        values = list(self.tracks[Scope.OLD].values)[-self.scorer.robust_samples:]
+        return _median(values) if values else None
+
+    def settles(self, scope: Scope) -> bool:
+        """The scope is decaying back: at the robust (Theil-Sen) slope of its last `robust_samples` samples it is
+        back within the threshold within `settle_seconds`. New pods warming up (JIT, caches, connection pools)
+        look like this; a regression stays put. The forecaster's own trend lags too much to tell in time."""
+        track = self.tracks[scope]
+        keep = self.scorer.robust_samples
+        times, values = list(track.times)[-keep:], list(track.values)[-keep:]
+        if len(values) < 3 or self.scorer.settle_seconds <= 0:
+            return False
+        slopes = [(values[j] - values[i]) / (times[j] - times[i])
+                  for i in range(len(values)) for j in range(i + 1, len(values)) if times[j] > times[i]]
+        toward_good = -self.sign * _median(slopes) if slopes else 0.0
+        if toward_good <= 0:
+            return False
+        excess = self.badness(_median(values[-3:]), scope)
+        return excess <= toward_good * self.scorer.settle_seconds
+
+    def enough_new_pods(self) -> bool:
+        """Whether the latest new-pod sample covers `min_new_pods` pods (0: the source did not say)."""
+        pods = self.tracks[Scope.NEW].pods
+        return not pods or pods[-1] == 0 or pods[-1] >= self.scorer.min_new_pods
+
+    # Release attribution ----------------------------------------------------------------------------------
+    def pairs(self, count: int) -> list[tuple[float, float, float]]:
+        """The last `count` (time, new, old) samples taken at the same moment."""
+        new_track, old_track = self.tracks[Scope.NEW], self.tracks[Scope.OLD]
+        old_at = dict(zip(old_track.times, old_track.values, strict=True))
+        return [(t, v, old_at[t]) for t, v in zip(new_track.times, new_track.values, strict=True)
+                if t in old_at][-count:]
+
+    @cached_property
+    def release_effect(self) -> tuple[float, bool] | None:
+        """(median new-minus-old difference, bad side positive; whether it exceeds the noise) over recent samples
+        taken at the same moment. None when no old pods are left to compare with (the rollout is complete)."""
+        if not self.old_fresh and self.rollout.old_replicas == 0:
+            return None
+        pairs = self.pairs(self.scorer.robust_samples)
+        if not pairs:
+            return 0.0, False
+        delta = _median([self.sign * (v - o) for _, v, o in pairs])
+        noise = math.hypot(self.tracks[Scope.NEW].forecaster.sigma, self.tracks[Scope.OLD].forecaster.sigma)
+        return delta, delta > RELEASE_Z * noise
+
+    def shared_note(self) -> str | None:
+        """Why a breach is not this release's, or None when it is (or cannot be told apart)."""
+        effect = self.release_effect
+        if effect is None or effect[1]:
+            return None
+        return (f"new pods are no worse than old pods at the same moments (median difference {effect[0]:+.3g}): "
+                f"not caused by this release")
+
+    # Evidence 1 ---------------------------------------------------------------------------------------------
+    def current(self) -> _Evidence | None:
+        if not self.dep_fresh:
+            return None
+        level = self.robust_now(Scope.DEPLOYMENT)
+        if level is None or not self.spec.breached(level):
+            return None
+        name, thr = self.spec.name, self.spec.threshold
+        head = (f"{name}: deployment {level:.4g} {self.op} {thr:g} now (median of the last "
+                f"{min(self.scorer.robust_samples, len(self.tracks[Scope.DEPLOYMENT].values))} samples)")
+        shared = self.shared_note()
+        if shared:
+            return _Evidence(SHARED_CAUSE_RISK_CAP, self.now, f"{head}; {shared}")
+        if self.settles(Scope.DEPLOYMENT):
+            return _Evidence(SETTLING_RISK_CAP, self.now, f"{head}, but its forecast falls back below within "
+                             f"{format_duration(self.scorer.settle_seconds)}: settling, not acting yet")
+        return _Evidence(1.0, self.now, head)
+
+    # Evidence 2 ---------------------------------------------------------------------------------------------
+    def comparison(self, notes: list[str]) -> _Evidence | None:
+        """New pods against old pods at the same moments, projected to the whole Deployment."""
+        scorer = self.scorer
+        if not self.new_fresh or not self.old_fresh:
+            return None
+        new_track = self.tracks[Scope.NEW]
+        pairs = self.pairs(scorer.min_new_samples)
+        pods = new_track.pods[-1] if new_track.pods else 0
+        if not self.enough_new_pods():
+            notes.append(f"new pods abstained: {pods} new pod(s) < {scorer.min_new_pods}")
+            return None
+        if len(pairs) < scorer.min_new_samples:
+            notes.append(f"new-vs-old abstained: {len(pairs)} aligned sample(s) < {scorer.min_new_samples}")
+            return None
+        old_ref = self.old_ref()
+        assert old_ref is not None
+        delta = _median([v - o for _, v, o in pairs])
+        per_new_pod = old_ref + delta
+        projected = per_new_pod * self.rollout.desired_replicas if self.per_pod else per_new_pod
+        breached_pairs = sum(1 for _, v, _ in pairs if self.over(v, Scope.NEW))
+        effect = self.release_effect
+        if not self.over(per_new_pod, Scope.NEW) or not self.over(pairs[-1][1], Scope.NEW) or (
+                breached_pairs < len(pairs) - 1):
+            return None
+        name, thr = self.spec.name, self.spec.threshold
+        new_now = new_track.values[-1]
+        head = (f"{name}: new pods {new_now:.4g} vs old pods {old_ref:.4g} ({delta:+.4g} over {len(pairs)} "
+                f"samples, {pods} new pod(s)); with every pod new the deployment reaches {projected:.4g} {self.op} "
+                f"{thr:g}")
+        if self.over(old_ref, Scope.OLD) or (effect is not None and not effect[1]):
+            return _Evidence(SHARED_CAUSE_RISK_CAP, self.now, f"{head}, but old pods are as bad (median "
+                             f"{old_ref:.4g}): not this release")
+        if self.settles(Scope.NEW):
+            return _Evidence(SETTLING_RISK_CAP, None, f"{head}, but the new pods' forecast falls back below within "
+                             f"{format_duration(scorer.settle_seconds)}: warming up")
+        sigma = new_track.forecaster.sigma
+        confidence = _phi(self.badness(per_new_pod, Scope.NEW) / sigma) if sigma > 0 else 1.0
+        breach_at = self._mix_breach_time(new_now, old_ref)
+        when = "now" if breach_at <= self.now else f"in {format_duration(breach_at - self.now)}"
+        return _Evidence(NEW_POD_BREACH_RISK * confidence, breach_at,
+                         f"{head} (breach {when} as the rollout proceeds, confidence {confidence:.2f})")
+
+    def _mix_breach_time(self, new_value: float, old_value: float) -> float:
+        """When the Deployment reaches the threshold assuming steady progress. Max/min aggregates follow the worst
+        pod, so they breach as soon as the new pods do; other aggregates mix new and old pods."""
+        spec, rollout, now = self.spec, self.rollout, self.now
+        extreme = spec.denominator is None and spec.quantile is None and (
+            (spec.aggregate == "max" and spec.direction is Direction.ABOVE)
+            or (spec.aggregate == "min" and spec.direction is Direction.BELOW)
+        )
+        if extreme or new_value == old_value:
+            return now
+        share_needed = (self.limit(Scope.NEW) - old_value) / (new_value - old_value)
+        progress = rollout.progress
+        if share_needed <= progress:
+            return now
+        elapsed = max(now - rollout.started_at, 1.0)
+        if progress <= 0 or rollout.paused:
+            return now + elapsed
+        return rollout.started_at + elapsed * share_needed / progress
+
+    # Evidence 3 ---------------------------------------------------------------------------------------------
+    def flattening(self, scope: Scope) -> str | None:
+        """Why the scope's trend is not to be extrapolated, or None. Without new errors a damped trend shrinks by
+        phi per step; shrinking faster means the series keeps falling short of its forecast: a curve levelling
+        off (a cache filling up), which the forecast would still overshoot."""
+        track = self.tracks[Scope(scope)]
+        trends = track.trends
+        if len(trends) <= FLATTEN_SAMPLES:
+            return None
+        then, now = self.sign * trends[0], self.sign * trends[-1]
+        expected = then * track.forecaster.phi_ ** FLATTEN_SAMPLES
+        if then <= 0 or now >= expected:
+            return None
+        return (f"its trend is flattening ({trends[0]:+.3g} -> {trends[-1]:+.3g}/step over the last "
+                f"{FLATTEN_SAMPLES} samples, faster than the damping): levelling off, not extrapolated")
+
+
+    def _breach_risk(self, scope: Scope) -> tuple[float, float | None, float, float, float] | None:
+        """(risk, seconds to the mean crossing, mean, sd, probability) of the scope's forecast, or None."""
+        if scope in self.risks:
+            return self.risks[scope]
+        self.risks[scope] = result = self._compute_breach_risk(scope)
+        return result
+
+    def _compute_breach_risk(self, scope: Scope) -> tuple[float, float | None, float, float, float] | None:
+        track = self.tracks[scope]
+        forecaster = track.forecaster
+        if not forecaster.ready or forecaster.n_updates_ < self.scorer.min_forecast_samples:
+            return None
+        steps = max(1, math.ceil(self.horizon / self.scorer.step_seconds))
+        lag = max(0.0, self.now - track.last_time) if math.isfinite(track.last_time) else 0.0
+        lag_steps = round(lag / self.scorer.step_seconds)
+        threshold = self.limit(scope)
+        bound, mean_end, sd_end = forecaster.breach_bound(threshold, self.spec.direction, steps + lag_steps)
+        if bound < NEGLIGIBLE_PROBABILITY:  # the common case: nowhere near the threshold
+            return 0.0, None, mean_end, sd_end, 0.0
+        probs, mean, sd = forecaster.breach_profile(threshold, self.spec.direction, steps + lag_steps)
+        probs, mean, sd = probs[lag_steps:], mean[lag_steps:], sd[lag_steps:]
+        weights = 1.0 - self.scorer.urgency_discount * np.arange(1, probs.size + 1) / probs.size
+        weighted = probs * weights
+        best = int(np.argmax(weighted))
+        crossed = np.flatnonzero(self.sign * (mean - threshold) >= 0)
+        seconds = float((crossed[0] + 1) * self.scorer.step_seconds) if crossed.size else None
+        return float(weighted[best]), seconds, float(mean[best]), float(sd[best]), float(probs[best])
+
+    def forecasts(self) -> list[_Evidence | None]:
+        found: list[_Evidence | None] = []
+        old = self._breach_risk(Scope.OLD) if self.old_fresh else None
+        old_level = self.old_ref()
+        for scope, label, fresh in ((Scope.DEPLOYMENT, "deployment", self.dep_fresh),
+                                    (Scope.NEW, "new pods", self.new_fresh and self.enough_new_pods())):
+            if not fresh:
+                continue
+            result = self._breach_risk(scope)
+            if result is None:
+                continue
+            risk, seconds, mean, sd, prob = result
+            if risk < 0.05:
+                continue
+            forecaster = self.tracks[scope].forecaster
+            name, thr = self.spec.name, self.limit(scope)
+            if thr != self.spec.threshold:
+                label += " (per pod)"
+            within = format_duration(self.horizon)
+            when = f"reaches it in {format_duration(seconds)}" if seconds is not None else "stays short of it"
+            reason = (f"{name}: {label} {forecaster.level_:.4g} (trend {forecaster.trend_:+.3g}/step, damped "
+                      f"{forecaster.phi_:.2f}) forecast {mean:.4g} ± {1.96 * sd:.2g}; threshold {thr:g}: mean "
+                      f"{when}, P(breach within {within}) = {prob:.2f}")
+            if scope is Scope.NEW:
+                reason += "; the deployment follows as the rollout completes"
+            flattening = self.flattening(scope)
+            if flattening and risk > SETTLING_RISK_CAP:
+                risk = SETTLING_RISK_CAP
+                reason += f"; {flattening}"
+            elif risk > SETTLING_RISK_CAP and self.settles(scope):
+                risk = SETTLING_RISK_CAP
+                reason += (f"; but it falls back below within {format_duration(self.scorer.settle_seconds)}: "
+                           f"warming up or settling")
+            if risk > SHARED_CAUSE_RISK_CAP:
+                shared = self.shared_note()
+                if old is not None and old[4] >= 0.2 and old[4] >= self.scorer.shared_fraction * prob:
+                    shared = f"old pods forecast to breach too (P = {old[4]:.2f}): not this release"
+                elif old_level is not None and self.over(old_level, Scope.OLD):
+                    shared = f"old pods breach too ({old_level:.4g}): not this release"
+                if shared:
+                    risk = SHARED_CAUSE_RISK_CAP
+                    reason += f"; {shared}"
+            breach_at = (self.tracks[scope].last_time + seconds) if seconds is not None else None
+            if breach_at is not None:
+                breach_at = max(breach_at, self.now)
+            found.append(_Evidence(risk, breach_at, reason))
+        return found
+
+    def quiet_forecast(self) -> str:
+        within = format_duration(self.horizon)
+        result = self._breach_risk(Scope.DEPLOYMENT) if self.dep_fresh else None
+        if result is None:
+            return f"no breach predicted within {within} (forecast not ready)"
+        _, _, mean, sd, prob = result
+        return (f"forecast {mean:.4g} ± {1.96 * sd:.2g}, P(breach within {within}) = {prob:.2f}; "
+                f"no breach predicted")

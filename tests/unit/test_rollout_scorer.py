@@ -1,0 +1,363 @@
+"""ForecastScorer over simulated rollouts: bad releases flagged before their breach, benign effects left alone,
+abstention, explanations, trained artifacts saved and reloaded to the same numbers, and no look-ahead."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from predictor.config import MetricSpec, default_metric_pack
+from predictor.demo import SimulatedCluster, demo_config
+from predictor.detectors.forecast import DampedTrendForecaster
+from predictor.detectors.forest import RolloutIsolationForest, feature_names, history_features
+from predictor.detectors.rollout_scorer import ForecastScorer
+from predictor.domain import Action, Assessment, DeploymentRef, Observation, RolloutState, Scope
+from predictor.engine import Engine
+from predictor.features import MetricHistory
+from predictor.models import load_artifact, save_artifact
+from predictor.simulate import SCENARIO_KINDS, SimulatedRollout
+
+START = 1_767_268_800.0
+STEP = 15.0
+HORIZON = 600.0
+SPECS: tuple[MetricSpec, ...] = default_metric_pack()
+METRICS = [s.name for s in SPECS]
+REF = DeploymentRef("shop", "checkout")
+BAD_KINDS = [k for k in SCENARIO_KINDS if k != "healthy"]
+RISK = 0.7
+"""The policy's default risk threshold."""
+
+
+# Scenarios beyond the simulator's kinds ------------------------------------------------------------------------
+@dataclass
+class CacheFill(SimulatedRollout):
+    """New pods' memory rises by 0.25 of the limit and levels off (time constant 2 min): a cache filling up."""
+
+    def pod_value(self, metric: str, new: bool, age: float, t: float, pod: int) -> float:
+        value = super().pod_value(metric, new, age, t, pod)
+        if new and metric == "memory_limit_ratio":
+            value += 0.25 * (1.0 - math.exp(-age / 120.0))
+        return value
+
+
+@dataclass
+class TrafficSurge(SimulatedRollout):
+    """Every pod, old and new, gets +0.5 s of p99 latency for a few minutes: breaches, but not the release's."""
+
+    def pod_value(self, metric: str, new: bool, age: float, t: float, pod: int) -> float:
+        value = super().pod_value(metric, new, age, t, pod)
+        elapsed = t - self.start - 60.0
+        if metric == "latency_p99" and elapsed > 0:
+            value += 0.5 * max(0.0, min(elapsed / 120.0, 1.0, (300.0 - elapsed) / 120.0))
+        return value
+
+
+@dataclass
+class NoisyOldPod(SimulatedRollout):
+    """One old pod reports five times its value on every fourth scrape."""
+
+    def pod_value(self, metric: str, new: bool, age: float, t: float, pod: int) -> float:
+        value = super().pod_value(metric, new, age, t, pod)
+        if not new and pod == 100 and (int(t - self.start) // 15) % 4 == 0:
+            value *= 5.0
+        return value
+
+
+@dataclass
+class SlowWarmup(SimulatedRollout):
+    """New pods start 0.6 s slower and settle over 90 s: the first one breaches the latency SLO while warming."""
+
+    def pod_value(self, metric: str, new: bool, age: float, t: float, pod: int) -> float:
+        value = super().pod_value(metric, new, age, t, pod)
+        if new and metric == "latency_p99" and age < 90.0:
+            value += 0.6 * (1.0 - age / 90.0)
+        return value
+
+
+class ScrapeTrouble:
+    """A rollout seen through a flaky scrape: some ticks unknown, and now and then one counter reset that shows as
+    a single wild sample (never two within five ticks)."""
+
+    def __init__(self, sim: SimulatedRollout) -> None:
+        self.sim = sim
+        rng = np.random.default_rng([sim.seed, 99])
+        ticks = 80
+        self.gaps = set(np.flatnonzero(rng.random(ticks) < 0.15).tolist())
+        self.resets = set(range(int(rng.integers(3, 8)), ticks, 9))
+
+    def state(self, t: float) -> RolloutState:
+        return self.sim.state(t)
+
+    def observations(self, metric: str, t: float) -> list[Observation]:
+        observations = self.sim.observations(metric, t)
+        tick = round((t - self.sim.start) / STEP)
+        if tick in self.gaps:
+            return [Observation(o.ref, o.metric, o.scope, t, None, error="scrape failed") for o in observations]
+        if tick in self.resets:
+            return [Observation(o.ref, o.metric, o.scope, t,
+                                None if o.value is None else o.value * 8.0 + (4.0 if metric == "restarts_5m" else 0),
+                                pods=o.pods) for o in observations]
+        return observations
+
+
+# Driving a scorer the way the engine does ----------------------------------------------------------------------
+Run = list[tuple[float, list[Assessment]]]
+
+
+def drive(sim: SimulatedRollout | ScrapeTrouble, scorer: ForecastScorer, ticks: int = 48,
+          history: MetricHistory | None = None, assess_every: int = 1) -> Run:
+    history = history or MetricHistory(lookback_seconds=HORIZON)
+    run: Run = []
+    for i in range(ticks):
+        t = START + i * STEP
+        state = sim.state(t)
+        for spec in SPECS:
+            history.add(state.revision, sim.observations(spec.name, t))
+        if i % assess_every == 0 or i == ticks - 1:
+            run.append((t, [scorer.assess(state, spec, history, t, HORIZON) for spec in SPECS]))
+    return run
+
+
+def acting_time(run: Run) -> float | None:
+    """When the policy would act: the second tick in a row with a risk at or above RISK."""
+    previous = False
+    for t, assessments in run:
+        at_risk = max(a.risk for a in assessments) >= RISK
+        if at_risk and previous:
+            return t
+        previous = at_risk
+    return None
+
+
+def breach_time(sim: SimulatedRollout) -> float:
+    times = [b for spec in SPECS if (b := sim.breach_time(spec.name, spec.threshold, START + 900.0))]
+    assert times, f"the {sim.kind} scenario must breach when left alone"
+    return min(times)
+
+
+def worst(run: Run) -> Assessment:
+    return max((a for _, assessments in run for a in assessments), key=lambda a: a.risk)
+
+
+# A trained artifact, built from healthy simulated rollouts (seeds apart from the test seeds) --------------------
+@dataclass(frozen=True)
+class Trained:
+    forecasters: dict[str, DampedTrendForecaster]
+    forest: RolloutIsolationForest
+
+
+def train(seeds: Sequence[int], random_state: int) -> Trained:
+    rows: list[np.ndarray] = []
+    deployment: dict[str, list[float | None]] = {m: [] for m in METRICS}
+    for n, seed in enumerate(seeds):
+        sim = SimulatedRollout(DeploymentRef("train", f"app{seed}"), "healthy", START, seed=seed)
+        history = MetricHistory(lookback_seconds=HORIZON)
+        for i in range(48):
+            t = START + i * STEP
+            state = sim.state(t)
+            for spec in SPECS:
+                observations = sim.observations(spec.name, t)
+                history.add(state.revision, observations)
+                if n < 2:
+                    deployment[spec.name] += [o.value for o in observations if o.scope is Scope.DEPLOYMENT]
+            rows.append(history_features(history, [(state.ref, state.revision)], METRICS, t)[0])
+    forecasters = {m: DampedTrendForecaster(step_seconds=STEP).fit(deployment[m]) for m in METRICS}
+    forest = RolloutIsolationForest(METRICS, n_estimators=50, random_state=random_state).fit(np.array(rows))
+    return Trained(forecasters, forest)
+
+
+@pytest.fixture(scope="module")
+def trained() -> Trained:
+    return train(seeds=range(1000, 1010), random_state=20_260_101)
+
+
+# Bad releases ----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("seed", [3, 17])
+@pytest.mark.parametrize("kind", BAD_KINDS)
+def test_bad_release_reaches_acting_risk_before_its_breach(kind: str, seed: int) -> None:
+    sim = SimulatedRollout(REF, kind, START, seed=seed)
+    run = drive(sim, ForecastScorer(step_seconds=STEP))
+    acted = acting_time(run)
+    assert acted is not None, f"{kind} seed {seed}: never at risk; worst {worst(run).reason}"
+    assert acted < breach_time(sim), f"{kind} seed {seed}: acting at {acted - START:.0f}s is too late"
+
+
+@pytest.mark.parametrize("seed", [5, 23])
+@pytest.mark.parametrize("kind", BAD_KINDS)
+def test_bad_release_with_trained_models(kind: str, seed: int, trained: Trained) -> None:
+    sim = SimulatedRollout(REF, kind, START, seed=seed)
+    scorer = ForecastScorer(step_seconds=STEP, forecasters=trained.forecasters, forest=trained.forest)
+    acted = acting_time(drive(sim, scorer))
+    assert acted is not None and acted < breach_time(sim)
+
+
+@pytest.mark.parametrize("seed", [2, 31])
+def test_one_noisy_old_pod_does_not_hide_a_regression(seed: int) -> None:
+    sim = NoisyOldPod(REF, "latency_regression", START, seed=seed)
+    acted = acting_time(drive(sim, ForecastScorer(step_seconds=STEP)))
+    assert acted is not None and acted < breach_time(SimulatedRollout(REF, "latency_regression", START, seed=seed))
+
+
+def test_a_leak_is_still_seen_through_scrape_gaps_and_counter_resets() -> None:
+    sim = SimulatedRollout(REF, "memory_leak", START, seed=8)
+    acted = acting_time(drive(ScrapeTrouble(sim), ForecastScorer(step_seconds=STEP)))
+    assert acted is not None and acted < breach_time(sim)
+
+
+# What must not act -----------------------------------------------------------------------------------------------
+BENIGN: dict[str, Callable[[int], SimulatedRollout | ScrapeTrouble]] = {
+    "healthy with warm-up": lambda seed: SimulatedRollout(REF, "healthy", START, seed=seed),
+    "slow warm-up breaching at first": lambda seed: SlowWarmup(REF, "healthy", START, seed=seed),
+    "cache filling up to a plateau": lambda seed: CacheFill(REF, "healthy", START, seed=seed),
+    "traffic surge on old and new pods": lambda seed: TrafficSurge(REF, "healthy", START, seed=seed),
+    "one noisy old pod": lambda seed: NoisyOldPod(REF, "healthy", START, seed=seed),
+    "scrape gaps and counter resets": lambda seed: ScrapeTrouble(SimulatedRollout(REF, "healthy", START, seed=seed)),
+}
+
+
+@pytest.mark.parametrize("seed", [0, 1, 4])
+@pytest.mark.parametrize("case", list(BENIGN))
+def test_benign_effects_stay_below_acting_risk(case: str, seed: int) -> None:
+    run = drive(BENIGN[case](seed), ForecastScorer(step_seconds=STEP))
+    top = worst(run)
+    assert top.risk < RISK, f"{case}, seed {seed}: {top.risk:.2f}: {top.reason}"
+
+
+@pytest.mark.parametrize("seed", [6, 9])
+@pytest.mark.parametrize("case", ["healthy with warm-up", "cache filling up to a plateau",
+                                  "traffic surge on old and new pods"])
+def test_benign_effects_with_trained_models(case: str, seed: int, trained: Trained) -> None:
+    scorer = ForecastScorer(step_seconds=STEP, forecasters=trained.forecasters, forest=trained.forest)
+    top = worst(drive(BENIGN[case](seed), scorer))
+    assert top.risk < RISK, f"{case}, seed {seed}: {top.reason}"
+
+
+def test_a_surge_is_explained_as_shared_with_old_pods() -> None:
+    run = drive(TrafficSurge(REF, "healthy", START, seed=12), ForecastScorer(step_seconds=STEP), ticks=20)
+    latency = [a for _, assessments in run for a in assessments if a.metric == "latency_p99" and a.risk > 0.3]
+    assert latency and all("not this release" in a.reason or "not caused by this release" in a.reason
+                           for a in latency if a.risk >= 0.5)
+
+
+# Abstention and explanations -------------------------------------------------------------------------------------
+def test_no_data_is_unknown_and_never_risky() -> None:
+    history = MetricHistory(HORIZON)
+    state = SimulatedRollout(REF, "error_regression", START).state(START)
+    history.add(2, [Observation(REF, "error_ratio", s, START, None, error="too little traffic") for s in Scope])
+    assessment = ForecastScorer().assess(state, SPECS[0], history, START, HORIZON)
+    assert assessment.unknown and assessment.risk == 0.0 and "too little traffic" in assessment.reason
+
+
+def test_too_few_new_pods_or_samples_abstain_from_the_comparison() -> None:
+    sim = SimulatedRollout(REF, "error_regression", START, seed=1)
+    early = drive(sim, ForecastScorer(step_seconds=STEP), ticks=3)
+    errors = next(a for a in early[-1][1] if a.metric == "error_ratio")
+    assert errors.risk < RISK and "abstained: 3 aligned sample(s) < 4" in errors.reason
+    strict = drive(sim, ForecastScorer(step_seconds=STEP, min_new_pods=2), ticks=4)
+    errors = next(a for a in strict[-1][1] if a.metric == "error_ratio")
+    assert errors.risk < RISK and "1 new pod(s) < 2" in errors.reason
+
+
+def test_the_reason_names_metric_value_threshold_and_forecast() -> None:
+    sim = SimulatedRollout(REF, "error_regression", START, seed=4)
+    run = drive(sim, ForecastScorer(step_seconds=STEP), ticks=8)
+    first = next(a for _, assessments in run for a in assessments if a.risk >= RISK)
+    assert first.metric == "error_ratio" and first.predicted_breach is not None
+    assert "new pods 0.1" in first.reason and "vs old pods 0.00" in first.reason
+    assert "with every pod new the deployment reaches 0.1" in first.reason and ">= 0.05" in first.reason
+    leak = SimulatedRollout(REF, "memory_leak", START, seed=4)
+    top = worst(drive(leak, ForecastScorer(step_seconds=STEP), ticks=34))
+    assert top.metric == "memory_limit_ratio" and top.risk >= RISK
+    assert "forecast" in top.reason and "threshold 0.9" in top.reason and "P(breach within 10m00s)" in top.reason
+
+
+def test_a_summed_metric_is_compared_and_projected_per_pod() -> None:
+    """Old pods at 10 each, new pods at 20 each: the sum of 3 new and 5 old (110) is fine, 8 new ones (160) not."""
+    spec = MetricSpec(name="inflight", query='x{pod=~"{pods}"}', threshold=150.0, aggregate="sum")
+    state = RolloutState(ref=REF, revision=2, new_hash="n", old_hashes=("o",), desired_replicas=8,
+                         updated_replicas=3, ready_new_replicas=3, old_replicas=5, started_at=START)
+    history = MetricHistory(HORIZON)
+    scorer = ForecastScorer(step_seconds=STEP, min_forecast_samples=100)  # the comparison alone
+    for i in range(6):
+        t = START + i * STEP
+        history.add(2, [Observation(REF, "inflight", Scope.DEPLOYMENT, t, 110.0 + i % 2, pods=8),
+                        Observation(REF, "inflight", Scope.NEW, t, 60.0 + i % 2, pods=3),
+                        Observation(REF, "inflight", Scope.OLD, t, 50.0, pods=5)])
+        assessment = scorer.assess(state, spec, history, t, HORIZON)
+    assert assessment.risk >= RISK, assessment.reason
+    assert "with every pod new the deployment reaches 16" in assessment.reason
+
+
+def test_a_new_revision_starts_from_scratch() -> None:
+    scorer = ForecastScorer(step_seconds=STEP)
+    drive(SimulatedRollout(REF, "healthy", START, seed=1), scorer, ticks=10)
+    assert {k[1] for k in scorer._tracks} == {2}
+    history = MetricHistory(HORIZON)
+    rollback = RolloutState(ref=REF, revision=3, new_hash="x", old_hashes=(), desired_replicas=8,
+                            updated_replicas=8, ready_new_replicas=8, old_replicas=0, started_at=START)
+    history.add(3, [Observation(REF, "error_ratio", s, START + 200, 0.01, pods=8) for s in Scope])
+    scorer.assess(rollback, SPECS[0], history, START + 200, HORIZON)
+    assert {k[1] for k in scorer._tracks} == {3}
+
+
+def test_invalid_parameters_name_the_parameter() -> None:
+    with pytest.raises(ValueError, match="min_new_samples: expected an integer >= 1, got 0"):
+        ForecastScorer(min_new_samples=0)
+    with pytest.raises(ValueError, match="forecasters\\['error_ratio'\\]: fitted for a 30s step"):
+        ForecastScorer(forecasters={"error_ratio": DampedTrendForecaster.from_params(
+            alpha=0.3, beta=0.05, phi=0.96, step_seconds=30.0)})
+
+
+# Saved, loaded, scored again -------------------------------------------------------------------------------------
+def test_trained_models_saved_and_loaded_score_the_same(trained: Trained, tmp_path: Path) -> None:
+    path = save_artifact(tmp_path, "rollout-risk", {**trained.forecasters, "forest": trained.forest}, {
+        "training_window": {"start": START, "end": START + 720.0},
+        "feature_names": feature_names(METRICS),
+        "thresholds": {"forest": trained.forest.threshold_},
+        "validation": trained.forest.validation_,
+    })
+    artifact = load_artifact(path)
+    for sim in (SimulatedRollout(REF, "memory_leak", START, seed=2), CacheFill(REF, "healthy", START, seed=2)):
+        before = drive(sim, ForecastScorer(step_seconds=STEP, forecasters=trained.forecasters, forest=trained.forest))
+        after = drive(sim, ForecastScorer(step_seconds=STEP, **artifact.scorer_kwargs()))
+        assert after == before
+
+
+# No look-ahead ---------------------------------------------------------------------------------------------------
+@settings(max_examples=6, deadline=None)
+@given(kind=st.sampled_from(SCENARIO_KINDS), seed=st.integers(0, 100_000), cut=st.integers(1, 23))
+def test_assessments_of_a_prefix_equal_the_first_assessments_of_the_whole(kind: str, seed: int, cut: int) -> None:
+    sim = SimulatedRollout(REF, kind, START, seed=seed)
+    whole = drive(sim, ForecastScorer(step_seconds=STEP), ticks=24)
+    assert drive(sim, ForecastScorer(step_seconds=STEP), ticks=cut) == whole[:cut]
+
+
+@pytest.mark.parametrize("seed", [7])
+def test_assessing_every_tick_or_only_now_gives_the_same_answer(seed: int) -> None:
+    """The scorer catches up on the samples it has not seen: skipped ticks change nothing."""
+    sim = SimulatedRollout(REF, "memory_leak", START, seed=seed)
+    every = drive(sim, ForecastScorer(step_seconds=STEP), ticks=30)
+    sparse = drive(sim, ForecastScorer(step_seconds=STEP), ticks=30, assess_every=7)
+    assert sparse[-1] == every[-1]
+
+
+# A drop-in for the engine ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("kind", "seed"), [("error_regression", 3), ("healthy", 3)])
+def test_engine_with_the_forecast_scorer(kind: str, seed: int) -> None:
+    sim = SimulatedRollout(REF, kind, START, seed=seed)
+    cluster = SimulatedCluster([sim])
+    engine = Engine(demo_config(Action.UNDO), rollouts=cluster, metrics=cluster, actuator=cluster,
+                    notifier=cluster, scorer=ForecastScorer(step_seconds=STEP))
+    for i in range(40):
+        engine.tick(START + i * STEP)
+    if kind == "healthy":
+        assert cluster.actions == []
+    else:
+        assert len(cluster.actions) == 1 and cluster.actions[0][0] < breach_time(sim)
