@@ -27,7 +27,7 @@ import requests
 from predictor import __version__
 from predictor.config import AlertmanagerConfig
 from predictor.domain import Alert
-from predictor.ports import Clock
+from predictor.ports import Clock, SystemClock
 
 log = logging.getLogger(__name__)
 
@@ -83,10 +83,6 @@ def alert_payload(
     return payload
 
 
-class _WallClock:
-    def now(self) -> float:
-        return time.time()
-
 
 @dataclass(frozen=True)
 class _Pending:
@@ -131,7 +127,7 @@ class AlertmanagerNotifier:
             )
         self.config = config
         self.resend_seconds = resend_seconds
-        self.clock: Clock = clock or _WallClock()
+        self.clock: Clock = clock or SystemClock()
         """Decides when an undelivered firing alert has expired (it is then not sent: Alertmanager expired it)."""
         self.backoff_initial_seconds = backoff_initial_seconds
         self.backoff_max_seconds = backoff_max_seconds

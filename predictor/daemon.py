@@ -21,14 +21,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from predictor.config import Config
 from predictor.engine import Engine
+from predictor.ports import SystemClock
 from predictor.telemetry import DaemonMetrics
 
 log = logging.getLogger(__name__)
 
-
-class SystemClock:
-    def now(self) -> float:
-        return time.time()
 
 
 @dataclass

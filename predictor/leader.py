@@ -27,7 +27,6 @@ import os
 import random
 import socket
 import threading
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -38,7 +37,7 @@ from kubernetes.client.exceptions import ApiException
 
 from predictor.config import parse_duration
 from predictor.kube import call_json
-from predictor.ports import Clock
+from predictor.ports import Clock, SystemClock
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +62,6 @@ Callback = Callable[[], None]
 class LeaderElectionConfigError(ValueError):
     """Invalid leader-election settings; the message names the setting, the value and the limit."""
 
-
-class _SystemClock:
-    def now(self) -> float:
-        return time.time()
 
 
 @dataclass(frozen=True)
@@ -207,7 +202,7 @@ class LeaderElector:
         the thread that calls `step()` (the runner's, after `start()`); `start()` may also set them."""
         self._api = api
         self.config = config
-        self._clock: Clock = clock or _SystemClock()
+        self._clock: Clock = clock or SystemClock()
         self._rng = rng or random.Random()
         self._lock = threading.Lock()
         self._observed: LeaderRecord | None = None

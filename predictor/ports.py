@@ -5,6 +5,7 @@ The engine and the CLI depend on these; adapters implement them; the decision co
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -17,6 +18,13 @@ class Clock(Protocol):
     def now(self) -> float:
         """POSIX seconds."""
         ...
+
+
+class SystemClock:
+    """The wall clock, for the daemon's wiring; everything below takes a Clock so tests can step time."""
+
+    def now(self) -> float:
+        return time.time()
 
 
 class MetricSource(Protocol):

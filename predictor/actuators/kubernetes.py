@@ -36,7 +36,7 @@ from predictor.domain import (
     RolloutState,
 )
 from predictor.kube import call_json
-from predictor.ports import ActionResult, Clock
+from predictor.ports import ActionResult, Clock, SystemClock
 from predictor.rollouts.state import (
     format_time,
     owned_replicasets,
@@ -76,10 +76,6 @@ class ActuatorError(RuntimeError):
     """An action could not be carried out; the message names the Deployment, the revision and the cause."""
 
 
-class _WallClock:
-    def now(self) -> float:
-        return time.time()
-
 
 class KubernetesActuator:
     """Actuator over the Kubernetes API.
@@ -103,7 +99,7 @@ class KubernetesActuator:
         self._apps = client.AppsV1Api(api_client)
         self._core = client.CoreV1Api(api_client)
         self._component = component
-        self._clock: Clock = clock if clock is not None else _WallClock()
+        self._clock: Clock = clock if clock is not None else SystemClock()
         self._max_attempts = max_attempts
         self._backoff_seconds = conflict_backoff_seconds
         self._instance = socket.gethostname()[:128]
