@@ -136,7 +136,11 @@ class PolicyConfig:
     consecutive_ticks: int = 2
     """Ticks in a row at risk before acting: one noisy sample never acts."""
     risk_threshold: float = 0.7
-    """Risk (0..1) at or above which a tick counts as at risk."""
+    """Risk (0..1) at or above which a tick counts as at risk: the rollout is paused (or undone, see below)."""
+    alert_threshold: float = 0.5
+    """Risk at or above which a warning alert fires without touching the rollout."""
+    undo_threshold: float = 0.9
+    """With `action: undo`, the risk needed to undo a running rollout; below it, it is paused."""
     blind_after_ticks: int = 8
     """Consecutive ticks with no usable data after which the rollout is reported blind."""
     blind_action: Action = Action.ALERT
@@ -479,8 +483,8 @@ def parse_config(raw: Any, source: str = "config") -> Config:
     kube = reader.section(raw, "kubernetes", "", ("kubeconfig", "context"))
     pol = reader.section(
         raw, "policy", "",
-        ("action", "dry_run", "bake", "horizon", "interval", "consecutive", "risk_threshold", "blind_after",
-         "blind_action", "lookback"),
+        ("action", "dry_run", "bake", "horizon", "interval", "consecutive", "risk_threshold", "alert_threshold",
+         "undo_threshold", "blind_after", "blind_action", "lookback"),
     )
     srv = reader.section(raw, "server", "", ("host", "port"))
     log = reader.section(raw, "logging", "", ("format", "level"))
@@ -492,6 +496,12 @@ def parse_config(raw: Any, source: str = "config") -> Config:
     if lookback < 4 * interval:
         reader.error("policy.lookback", f"expected at least 4 ticks of history ({4 * interval:g}s), got {lookback:g}s")
     blind_action = reader.choice(pol, "blind_action", "policy", "alert", ["alert", "pause"])
+    risk_threshold = reader.number(pol, "risk_threshold", "policy", 0.7, low=0.0, high=1.0)
+    alert_threshold = reader.number(pol, "alert_threshold", "policy", min(0.5, risk_threshold), low=0.0, high=1.0)
+    undo_threshold = reader.number(pol, "undo_threshold", "policy", max(0.9, risk_threshold), low=0.0, high=1.0)
+    if not alert_threshold <= risk_threshold <= undo_threshold:
+        reader.error("policy.risk_threshold", f"expected alert_threshold <= risk_threshold <= undo_threshold, got "
+                     f"{alert_threshold:g}, {risk_threshold:g}, {undo_threshold:g}")
     policy = PolicyConfig(
         action=Action(reader.choice(pol, "action", "policy", "pause", ["pause", "undo", "alert"])),
         dry_run=reader.boolean(pol, "dry_run", "policy", False),
@@ -499,7 +509,9 @@ def parse_config(raw: Any, source: str = "config") -> Config:
         horizon_seconds=horizon,
         interval_seconds=interval,
         consecutive_ticks=int(reader.number(pol, "consecutive", "policy", 2, low=1, integer=True)),
-        risk_threshold=reader.number(pol, "risk_threshold", "policy", 0.7, low=0.0, high=1.0),
+        risk_threshold=risk_threshold,
+        alert_threshold=alert_threshold,
+        undo_threshold=undo_threshold,
         blind_after_ticks=int(reader.number(pol, "blind_after", "policy", 8, low=1, integer=True)),
         blind_action=Action(blind_action),
         lookback_seconds=lookback,

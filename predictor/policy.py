@@ -5,9 +5,12 @@ Per Deployment revision the memory moves watching -> at risk -> acted. Rules, in
    annotation counts as acted, and a person who resumes a paused rollout is not overruled.
 2. Hysteresis: risk must reach `risk_threshold` on `consecutive_ticks` ticks in a row; a clear tick resets
    the count, an unknown tick neither counts nor resets.
-3. Unknown data never acts by itself; after `blind_after_ticks` unknown ticks in a row the rollout is reported
+3. Graded by confidence: risk at `alert_threshold` only alerts (severity warning); at `risk_threshold` the
+   rollout is paused; the configured `undo` needs `undo_threshold` while the rollout still runs (after it
+   completed a pause would stop nothing, so undo it is).
+4. Unknown data never acts by itself; after `blind_after_ticks` unknown ticks in a row the rollout is reported
    blind (an alert, or a pause when `blind_action: pause`), never undone.
-4. A rollback (the current ReplicaSet is an older template brought back) is never undone again: at most alerted.
+5. A rollback (the current ReplicaSet is an older template brought back) is never undone again: at most alerted.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ class RolloutMemory:
     revision: int
     phase: Phase = Phase.WATCHING
     risk_ticks: int = 0
+    warn_ticks: int = 0
     clear_ticks: int = 0
     unknown_ticks: int = 0
     acted: Action = Action.NONE
@@ -78,8 +82,11 @@ def not_applied(memory: RolloutMemory) -> RolloutMemory:
     return replace(memory, phase=Phase.AT_RISK, acted=Action.NONE, acted_at=None)
 
 
-def _chosen_action(rollout: RolloutState, policy: PolicyConfig) -> tuple[Action, str]:
+def _chosen_action(rollout: RolloutState, risk: float, policy: PolicyConfig) -> tuple[Action, str]:
+    """The configured action, graded by confidence and by what the rollout allows."""
     action = policy.action
+    if action is Action.UNDO and risk < policy.undo_threshold and rollout.completed_at is None:
+        return Action.PAUSE, f" (risk below undo_threshold {policy.undo_threshold:.2f}: pausing, not undoing)"
     if action is Action.UNDO and rollout.is_rollback:
         return Action.ALERT, " (undo withheld: this revision is itself a rollback)"
     if action is Action.UNDO and rollout.previous_revision is None:
@@ -163,32 +170,38 @@ def decide(
     if memory.blind_alert is not None:
         resolved.append(memory.blind_alert)
     at_risk = top.risk >= policy.risk_threshold
+    warned = top.risk >= policy.alert_threshold
     risk_ticks = memory.risk_ticks + 1 if at_risk else 0
-    clear_ticks = 0 if at_risk else memory.clear_ticks + 1
-    memory = replace(memory, unknown_ticks=0, blind_alert=None, risk_ticks=risk_ticks, clear_ticks=clear_ticks)
+    warn_ticks = memory.warn_ticks + 1 if warned else 0
+    clear_ticks = 0 if warned else memory.clear_ticks + 1
+    memory = replace(memory, unknown_ticks=0, blind_alert=None, risk_ticks=risk_ticks, warn_ticks=warn_ticks,
+                     clear_ticks=clear_ticks)
     figures = (f"risk {top.risk:.2f} (threshold {policy.risk_threshold:.2f}, "
                f"{risk_ticks}/{policy.consecutive_ticks} ticks)")
+    confirmed = policy.consecutive_ticks
 
-    if not at_risk and memory.breach_alert is not None and clear_ticks >= policy.consecutive_ticks:
+    if memory.breach_alert is not None and clear_ticks >= confirmed:
         resolved.append(memory.breach_alert)
         memory = replace(memory, breach_alert=None)
+    elif warn_ticks >= confirmed or (memory.breach_alert is not None and warned):
+        acted = memory.phase is Phase.ACTED
+        memory = replace(memory, breach_alert=_breach_alert(rollout, top, now, memory.breach_alert, acted))
 
     if memory.phase is Phase.ACTED:
-        if at_risk:
-            memory = replace(memory, breach_alert=_breach_alert(rollout, top, now, memory.breach_alert, True))
         reason = f"already acted ({memory.acted}) on revision {rollout.revision}; {top.reason}; {figures}"
         return tick.decision(memory, Action.NONE, top.risk, reason, resolved)
 
     if not at_risk:
         phase = Phase.AT_RISK if memory.breach_alert is not None else Phase.WATCHING
-        return tick.decision(replace(memory, phase=phase), Action.NONE, top.risk, f"{top.reason}; {figures}",
+        note = "warning (alert only)" if memory.breach_alert is not None else "watching"
+        return tick.decision(replace(memory, phase=phase), Action.NONE, top.risk, f"{note}: {top.reason}; {figures}",
                              resolved)
 
-    if risk_ticks < policy.consecutive_ticks:
+    if risk_ticks < confirmed:
         return tick.decision(replace(memory, phase=Phase.AT_RISK), Action.NONE, top.risk,
                              f"at risk, waiting for confirmation: {top.reason}; {figures}", resolved)
 
-    action, note = _chosen_action(rollout, policy)
+    action, note = _chosen_action(rollout, top.risk, policy)
     memory = replace(memory, phase=Phase.ACTED, acted=action, acted_at=now,
                      breach_alert=_breach_alert(rollout, top, now, memory.breach_alert, True))
     return tick.decision(memory, action, top.risk, f"{action}{note}: {top.reason}; {figures}", resolved)

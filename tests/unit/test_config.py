@@ -42,6 +42,7 @@ def test_defaults_give_the_default_metric_pack() -> None:
         ({"policy": {"blind_action": "undo"}}, "policy.blind_action: expected one of alert, pause"),
         ({"policy": {"risk_threshold": 1.5}}, "policy.risk_threshold: expected a value between 0.0 and 1.0"),
         ({"policy": {"consecutive": 0}}, "policy.consecutive: expected a value at least 1"),
+        ({"policy": {"risk_threshold": 0.4, "alert_threshold": 0.5}}, "policy.risk_threshold: expected alert_thr"),
         ({"policy": {"hoizon": "5m"}}, "policy.hoizon: unknown field"),
         ({"prometheus": {"url": "prometheus:9090"}}, "prometheus.url: expected an http:// or https:// URL"),
         ({"prometheus": {"verify_tls": "yes"}}, "prometheus.verify_tls: expected true or false, got 'yes'"),

@@ -159,3 +159,28 @@ def test_replaced_revision_without_undo_resolves_at_once() -> None:
     memory, _ = run([0.9, 0.9], policy=replace(POLICY, action=Action.PAUSE))
     successor, resolved = succeed(memory, rollout(revision=3))
     assert [a.revision for a in resolved] == [2] and successor.alerts == ()
+
+
+def test_graded_by_confidence() -> None:
+    # below alert_threshold: watch; alert_threshold..risk_threshold: warning alert only; risk_threshold..undo:
+    # pause even when undo is configured; at undo_threshold: undo
+    _, decisions = run([0.3, 0.3])
+    assert actions(decisions) == ["none", "none"] and decisions[-1].alerts == ()
+    _, decisions = run([0.6, 0.6, 0.6])
+    assert actions(decisions) == ["none", "none", "none"]
+    assert [(a.name, a.severity) for a in decisions[1].alerts] == [(ALERT_BREACH, "warning")]
+    _, decisions = run([0.8, 0.8])
+    assert actions(decisions) == ["none", "pause"] and "below undo_threshold" in decisions[-1].reason
+    _, decisions = run([0.8, 0.95])
+    assert actions(decisions) == ["none", "undo"]
+
+
+def test_completed_rollout_is_undone_without_full_confidence() -> None:
+    _, decisions = run([0.8, 0.8], state=rollout(completed_at=0.0, updated_replicas=4, old_replicas=0))
+    assert actions(decisions) == ["none", "undo"]
+
+
+def test_warning_alert_resolves_after_clear_ticks() -> None:
+    _, decisions = run([0.6, 0.6, 0.2, 0.2])
+    assert decisions[1].alerts and not decisions[2].resolved
+    assert [a.name for a in decisions[3].resolved] == [ALERT_BREACH]
