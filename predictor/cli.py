@@ -38,6 +38,12 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--speed", type=float, default=0.04, help="wall seconds per simulated tick (0: no waiting)")
     demo.add_argument("--seed", type=int, default=7)
 
+    train = sub.add_parser("train", help="retrain the models on Prometheus history; promoted only if not worse")
+    train.add_argument("--config", required=True, type=Path)
+    train.add_argument("--from", dest="start", required=True, help="RFC 3339, POSIX seconds, 'now' or '-7d'")
+    train.add_argument("--to", dest="end", required=True)
+    train.add_argument("--out", required=True, type=Path, help="models directory (artifacts go to OUT/rollout-risk/)")
+
     nab = sub.add_parser("nab", help="streaming anomaly scores over a Numenta Anomaly Benchmark folder")
     nab.add_argument("--data", required=True, type=Path)
     nab.add_argument("--out", required=True, type=Path)
@@ -97,6 +103,24 @@ def _dispatch(args: argparse.Namespace) -> int:
                                f"{args.end!r}, {args.step!r}"], "command line")
         count = run_backtest(config, start=start, end=end, step_seconds=step, output=args.output)
         print(f"backtest: {count} action(s) written to {args.output}")
+        return 0
+    if args.command == "train":
+        from predictor.train import TrainingError, TrainingSourceError, train
+
+        now = time.time()
+        try:
+            start, end = parse_time(args.start, now), parse_time(args.end, now)
+        except ValueError as exc:
+            raise ConfigError([f"--from/--to: {exc}"], "command line") from exc
+        try:
+            result = train(config, start=start, end=end, out_dir=args.out, now=now)
+        except TrainingError as exc:
+            print(f"predictor train: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
+        except TrainingSourceError as exc:  # Prometheus unreachable: the CronJob retries
+            print(f"predictor train: {exc}", file=sys.stderr)
+            return 1
+        print(result.summary())
         return 0
     raise AssertionError(args.command)
 

@@ -161,10 +161,18 @@ class LoggingConfig:
     level: str = "INFO"
 
 
+SCORERS = ("forecast", "trend")
+
+
 @dataclass(frozen=True)
 class ModelsConfig:
     dir: Path | None = None
+    """Where `predictor train` writes artifacts; None: untrained scoring."""
     reload_seconds: float = 3600.0
+    """How often the daemon looks for a newer artifact (default 1h)."""
+    scorer: str = "trend"
+    """trend (threshold, new against old pods and linear trend; never trained) or forecast (damped-trend forecasts
+    with breach probabilities, trained when models.dir holds an artifact)."""
 
 
 @dataclass(frozen=True)
@@ -488,7 +496,7 @@ def parse_config(raw: Any, source: str = "config") -> Config:
     )
     srv = reader.section(raw, "server", "", ("host", "port"))
     log = reader.section(raw, "logging", "", ("format", "level"))
-    mdl = reader.section(raw, "models", "", ("dir", "reload"))
+    mdl = reader.section(raw, "models", "", ("dir", "reload", "scorer"))
 
     interval = reader.duration(pol, "interval", "policy", 15.0)
     horizon = reader.duration(pol, "horizon", "policy", 600.0)
@@ -544,6 +552,7 @@ def parse_config(raw: Any, source: str = "config") -> Config:
         models=ModelsConfig(
             dir=reader.path(mdl, "dir", "models", must_exist=False),
             reload_seconds=reader.duration(mdl, "reload", "models", 3600.0),
+            scorer=reader.choice(mdl, "scorer", "models", "trend", SCORERS),
         ),
     )
     if reader.errors:

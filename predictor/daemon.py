@@ -60,6 +60,7 @@ class Daemon:
         self.readiness_checks = readiness_checks
         self.leader = leader
         self.on_stop = list(on_stop)
+        self._model_version: str | None = None
         """Closers run after the last tick (watch threads, the alert queue's final flush)."""
         self.scheduler = BackgroundScheduler(timezone=UTC)
         self.stopped = threading.Event()
@@ -80,6 +81,26 @@ class Daemon:
         if self.leader is not None:
             self.metrics.is_leader.set(1 if self.leader.is_leader() else 0)
 
+    def set_model(self, artifact: Any) -> None:
+        """Record which trained artifact scores (None: untrained) in the predictor_model_loaded gauge."""
+        self.metrics.model_loaded.clear()
+        self._model_version = getattr(artifact, "version", None)
+        if artifact is not None:
+            self.metrics.model_loaded.labels(artifact.name, artifact.version).set(1)
+
+    def reload_model(self) -> None:
+        """Swap in a newer trained artifact; a refused one leaves the current scorer in place."""
+        from predictor.scoring import newest_usable_artifact
+
+        assert self.config.models.dir is not None
+        found = newest_usable_artifact(self.config.models.dir, self.config)
+        if found is None or found[0].version == self._model_version:
+            return
+        artifact, scorer = found
+        self.engine.scorer = scorer  # the next tick uses it; it catches up from the engine's history
+        self.set_model(artifact)
+        log.info("loaded model %s version %s", artifact.name, artifact.version)
+
     def check_readiness(self) -> None:
         results = {}
         for name, check in self.readiness_checks.items():
@@ -97,6 +118,9 @@ class Daemon:
         self.check_readiness()
         self.scheduler.add_job(self.tick, "interval", seconds=interval, id="tick", max_instances=1, coalesce=True,
                                next_run_time=datetime.now(UTC), misfire_grace_time=int(interval))
+        if self.config.models.dir is not None and self.config.models.scorer == "forecast":
+            self.scheduler.add_job(self.reload_model, "interval", seconds=self.config.models.reload_seconds,
+                                   id="reload-model", max_instances=1, coalesce=True)
         self.scheduler.add_job(self.check_readiness, "interval", seconds=max(interval, 10.0), id="readiness",
                                max_instances=1, coalesce=True)
         if self.leader is not None:
@@ -179,10 +203,10 @@ def build_daemon(config: Config) -> Daemon:
     from predictor.actuators.kubernetes import KubernetesActuator
     from predictor.alerting import AlertmanagerNotifier, LoggingNotifier
     from predictor.config import ConfigError
-    from predictor.detectors.trend import ThresholdTrendScorer
     from predictor.kube import build_api_client
     from predictor.leader import LeaderElectionConfig, LeaderElectionConfigError, LeaderElector
     from predictor.rollouts.kubernetes import KubernetesRolloutSource
+    from predictor.scoring import build_scorer
     from predictor.sources.prometheus import PrometheusMetricSource
 
     try:
@@ -201,10 +225,12 @@ def build_daemon(config: Config) -> Daemon:
     leader = None
     if election is not None:
         leader = LeaderElector(kube_client.CoordinationV1Api(api_client), election, clock=clock)
+    scorer, artifact = build_scorer(config, scorer=config.models.scorer)
     engine = Engine(config, rollouts=rollouts, metrics=metrics, actuator=KubernetesActuator(api_client, clock=clock),
-                    notifier=notifier, scorer=ThresholdTrendScorer(),
-                    may_act=leader.is_leader if leader is not None else lambda: True)
+                    notifier=notifier, scorer=scorer, may_act=leader.is_leader if leader is not None else lambda: True)
     # Readiness never depends on leadership: a follower is ready to take over.
     checks = {"prometheus": metrics.is_online, "kubernetes": rollouts.is_online}
-    return Daemon(config, engine, readiness_checks=checks, clock=clock, leader=leader,
-                  on_stop=[rollouts.close, notifier.close])
+    daemon = Daemon(config, engine, readiness_checks=checks, clock=clock, leader=leader,
+                    on_stop=[rollouts.close, notifier.close])
+    daemon.set_model(artifact)
+    return daemon
