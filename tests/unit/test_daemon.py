@@ -94,3 +94,23 @@ def test_stop_waits_for_the_running_tick() -> None:
     release.set()
     stopper.join(5)
     assert finished == [True] and daemon.stopped.is_set()
+
+
+def test_reload_swaps_in_a_newer_artifact_and_reports_it(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from predictor.config import ModelsConfig
+    from predictor.detectors.rollout_scorer import ForecastScorer
+    from tests.unit.test_scoring import CREATED, write_artifact
+
+    daemon, _, _ = make_daemon({"prometheus": True, "kubernetes": True})
+    daemon.config = replace(daemon.config, models=ModelsConfig(dir=tmp_path, scorer="forecast"))
+    before = daemon.engine.scorer
+    daemon.reload_model()
+    assert daemon.engine.scorer is before, "nothing to load: the scorer stays"
+    write_artifact(tmp_path, created=CREATED)
+    daemon.reload_model()
+    assert isinstance(daemon.engine.scorer, ForecastScorer) and daemon.engine.scorer is not before
+    loaded = daemon.engine.scorer
+    daemon.reload_model()
+    assert daemon.engine.scorer is loaded, "the same version is not loaded twice"
+    samples = [s for m in daemon.metrics.model_loaded.collect() for s in m.samples]
+    assert [(s.labels["model"], s.value) for s in samples] == [("rollout-risk", 1.0)]
