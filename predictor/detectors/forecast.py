@@ -542,3 +542,154 @@ def _median_small(values: list[float]) -> float:
     ordered = sorted(values)
     mid = n // 2
     return ordered[mid] if n % 2 else 0.5 * (ordered[mid - 1] + ordered[mid])
+
+
+class TrendForecast(NamedTuple):
+    """Where a local trend takes a series within a horizon, and how sure that is (see `LocalTrend.breach`).
+
+    `probability` is P(the trend's path is beyond the threshold within the horizon); `seconds` when the mean path
+    gets there (None: not within the horizon); `forecast` and `sd` the mean and standard deviation at the horizon;
+    `damping_seconds` the time constant of the flattening assumed (None: the path is a straight line)."""
+
+    probability: float
+    seconds: float | None
+    forecast: float
+    sd: float
+    level: float
+    slope: float
+    damping_seconds: float | None
+
+
+class LocalTrend:
+    """A discounted local quadratic regression y ~ a + b tau + c tau^2 around the last sample, in constant time.
+
+    The scorer's answer to "does this trend keep going?": a leak grows at the same rate at every age (c = 0), a
+    cache filling up flattens (c < 0 on the bad side), and the data decides which, with its own uncertainty.
+    Sufficient statistics (weighted moments of tau up to the 4th and of y tau up to the 2nd) are shifted to the new
+    sample's time and discounted by `exp(-dt / memory_seconds)` on each update, so a sample costs the same whatever
+    the history. Times are counted in `step_seconds` so that the moments stay well scaled.
+
+    `breach` projects the path under the flattest curvature the data does not reject (the one-sided `flatten_z`
+    bound of c): until enough samples show that a rise keeps its pace, it is assumed to level off, so an uncertain
+    trend waits and a confident one is extrapolated (as a straight line; an acceleration is never extrapolated).
+    The probability counts the uncertainty of the level and slope (the regression's covariance with the residual
+    sigma, floored at `min_sigma`), not the noise of single future samples: a breach is of the level, and a path
+    that rises (and at most flattens) is beyond the threshold within the horizon exactly when it is at the horizon.
+    """
+
+    def __init__(self, *, step_seconds: float = 15.0, memory_seconds: float = 600.0, flatten_z: float = 2.0,
+                 min_sigma: float = 0.0) -> None:
+        if not (step_seconds > 0 and memory_seconds > 0 and flatten_z >= 0 and min_sigma >= 0):
+            raise ValueError(f"LocalTrend: expected positive step_seconds and memory_seconds, flatten_z and "
+                             f"min_sigma >= 0, got {step_seconds}, {memory_seconds}, {flatten_z}, {min_sigma}")
+        self.step_seconds = step_seconds
+        self.memory_seconds = memory_seconds
+        self.flatten_z = flatten_z
+        self.min_sigma = min_sigma
+        self.m = [0.0] * 5
+        """Weighted sums of tau^k, k = 0..4 (tau: steps before the last sample, negative)."""
+        self.n = [0.0] * 3
+        """Weighted sums of y tau^k, k = 0..2."""
+        self.yy = 0.0
+        self.count = 0
+        self.last_time: float | None = None
+
+    def update(self, t: float, value: float) -> None:
+        """Add a sample (NaN/None and samples not after the last are ignored)."""
+        if value is None or not math.isfinite(value) or (self.last_time is not None and t <= self.last_time):
+            return
+        if self.last_time is not None:
+            d = (t - self.last_time) / self.step_seconds
+            decay = math.exp(-(t - self.last_time) / self.memory_seconds)
+            m, n = self.m, self.n
+            # tau' = tau - d: binomial shift of the moments to the new origin
+            m0, m1, m2, m3, m4 = m
+            self.m = [decay * v for v in (
+                m0,
+                m1 - d * m0,
+                m2 - 2 * d * m1 + d * d * m0,
+                m3 - 3 * d * m2 + 3 * d * d * m1 - d**3 * m0,
+                m4 - 4 * d * m3 + 6 * d * d * m2 - 4 * d**3 * m1 + d**4 * m0,
+            )]
+            n0, n1, n2 = n
+            self.n = [decay * v for v in (n0, n1 - d * n0, n2 - 2 * d * n1 + d * d * n0)]
+            self.yy *= decay
+        self.m[0] += 1.0
+        self.n[0] += value
+        self.yy += value * value
+        self.count += 1
+        self.last_time = t
+
+    def fit(self) -> tuple[np.ndarray, np.ndarray, float] | None:
+        """(a, b, c) at the last sample (per step), their covariance and the residual sigma; None when singular."""
+        if self.count < 4:
+            return None
+        m, n = self.m, self.n
+        gram = np.array([[m[0], m[1], m[2]], [m[1], m[2], m[3]], [m[2], m[3], m[4]]])
+        rhs = np.array(n)
+        try:
+            inverse = np.linalg.inv(gram)
+        except np.linalg.LinAlgError:
+            return None
+        if not np.all(np.isfinite(inverse)):
+            return None
+        beta = inverse @ rhs
+        rss = max(self.yy - float(beta @ rhs), 0.0)
+        dof = max(m[0] - 3.0, 1.0)
+        sigma = max(math.sqrt(rss / dof), self.min_sigma)
+        return beta, inverse * sigma * sigma, sigma
+
+    def _line(self, sigma: float) -> tuple[float, float, np.ndarray] | None:
+        """(level at the last sample, slope per step, covariance) of the weighted straight line, or None."""
+        m, n = self.m, self.n
+        det = m[0] * m[2] - m[1] * m[1]
+        if det <= 0:
+            return None
+        a = (m[2] * n[0] - m[1] * n[1]) / det
+        b = (m[0] * n[1] - m[1] * n[0]) / det
+        inverse = np.array([[m[2], -m[1]], [-m[1], m[0]]]) / det
+        return a, b, inverse * sigma * sigma
+
+    def breach(self, threshold: float, direction: Direction, horizon_seconds: float,
+               lag_seconds: float = 0.0) -> TrendForecast | None:
+        """P(the path is beyond `threshold` within `horizon_seconds` of now, `lag_seconds` after the last sample)."""
+        fitted = self.fit()
+        if fitted is None:
+            return None
+        beta, cov, sigma = fitted
+        sign = 1.0 if direction is Direction.ABOVE else -1.0
+        a, b, c = float(beta[0]), sign * float(beta[1]), sign * float(beta[2])
+        se_c = math.sqrt(max(float(cov[2, 2]), 0.0))
+        # The slope is the smaller (toward the threshold) of the quadratic's slope now and the straight line's over
+        # the memory: a rise must show at both scales. A cache filling up is rising slower now than on average, a
+        # new pod's jump (a warm-up) steeply now but not on average; a leak the same at both.
+        line = self._line(sigma)
+        if line is not None and sign * line[1] < b:
+            a, b = line[0], sign * line[1]
+            cov = np.array([[line[2][0, 0], line[2][0, 1], 0.0], [line[2][1, 0], line[2][1, 1], 0.0],
+                            [0.0, 0.0, float(cov[2, 2])]])
+        steps = (horizon_seconds + lag_seconds) / self.step_seconds
+        level = sign * (a - threshold)
+        curvature = min(0.0, c - self.flatten_z * se_c)
+        damping = None
+        if b <= 0:
+            gain, reach = 0.0, 0.0
+        elif curvature < 0:
+            damping = b / (-2.0 * curvature)  # exponential approach: y'' = -y' / T, c = y'' / 2
+            gain = damping * (1.0 - math.exp(-steps / damping))
+            reach = b * damping
+        else:
+            gain, reach = steps, math.inf
+        margin = level + b * gain
+        var = float(cov[0, 0]) + gain * gain * float(cov[1, 1]) + 2.0 * gain * float(cov[0, 1])
+        sd = math.sqrt(max(var, 0.0))
+        probability = float(ndtr(margin / sd)) if sd > 0 else float(margin >= 0)
+        seconds: float | None = None
+        if level >= 0:
+            seconds = 0.0
+        elif b > 0 and -level < reach:
+            needed = -level / b if damping is None else -damping * math.log(1.0 - (-level) / (b * damping))
+            until = needed * self.step_seconds - lag_seconds
+            seconds = None if until > horizon_seconds else max(until, 0.0)
+        return TrendForecast(probability, seconds, threshold + sign * margin, sd, a, sign * b / self.step_seconds,
+                             None if damping is None else damping * self.step_seconds)

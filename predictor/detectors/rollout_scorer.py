@@ -9,31 +9,39 @@ a tick costs the same whatever the age of the rollout. Four kinds of evidence, t
    pods' level plus the new-minus-old difference. Counted only with enough new pods and aligned samples, when
    the breach has persisted over several samples and the new pods' forecast does not decay back within
    `settle_seconds` (the warm-up of new pods);
-3. the damped-trend forecast of the Deployment and of the new pods: probability of a breach within the horizon.
-   A trend that flattens (a cache filling up) is damped, not extrapolated linearly;
+3. the local trend of the new pods (and of the Deployment once every pod is new: before, its value moves with the
+   mix of new and old pods): P(the trend's path is beyond the threshold within the horizon), from a discounted
+   quadratic regression (`LocalTrend`). A rise is extrapolated as a straight line only when the data rules out
+   its flattening (`flatten_z` standard errors of the curvature); until then it is assumed to level off at the
+   flattest curvature the data allows, so a cache filling up waits and a leak of constant pace acts early. A count
+   of events (`increase()` of restarts: read from the MetricSpec's query or unit) is never extrapolated: a restart
+   is one event, not a trend; instead new pods whose count recurs (`recurring_events` within the window, on two
+   samples in a row) while old pods stay below one count as a crash loop;
 4. with a trained `RolloutIsolationForest`: its verdict that the joint feature vector of the rollout is unusual,
    for the metric that deviates most. On its own it is capped below acting risk (an unusual rollout is not a
    predicted breach: a cache filling up is unusual too); `forest_weight` > 0 lets it raise a forecast.
 
 Evidence that old pods share (a traffic surge, a slow dependency) is capped at SHARED_CAUSE_RISK_CAP: the release
-is not its cause. Old pods are summarised by the median of their recent samples, so one noisy old pod (or one
-scrape) does not flip the comparison. Unknown samples (scrape gaps, too little traffic) are skipped; the running
-median inside each forecaster takes out single outliers such as counter resets.
+is not its cause. Once no old pod is left (the bake after completion), a breach or forecast counts only if the new
+pods were worse than old pods the last time both ran: a surge that comes after the last old pod left is felt by
+every pod at once and is not attributable to the release. Old pods are summarised by the median of their recent
+samples, so one noisy old pod (or one scrape) does not flip the comparison. Unknown samples (scrape gaps, too
+little traffic) are skipped; the running median inside each forecaster takes out single outliers such as counter
+resets.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-import numpy as np
-
 from predictor.config import MetricSpec, format_duration
-from predictor.detectors.forecast import DampedTrendForecaster
+from predictor.detectors.forecast import DampedTrendForecaster, LocalTrend, TrendForecast, _median_small
 from predictor.detectors.forest import RolloutIsolationForest
 from predictor.detectors.trend import SHARED_CAUSE_RISK_CAP
 from predictor.domain import Assessment, DeploymentRef, Direction, RolloutState, Scope
@@ -52,6 +60,11 @@ FLATTEN_SAMPLES = 4
 """Samples over which a trend shrinking faster than its damping marks a curve levelling off."""
 NEW_POD_BREACH_RISK = 0.95
 """Risk of a persisted, release-specific breach of the new pods (times the confidence of the margin)."""
+
+COUNT_FUNCTIONS = re.compile(r"\b(?:increase|changes|resets)\s*\(")
+"""PromQL functions whose result counts events over a window."""
+COUNT_UNITS = frozenset({"restarts", "events", "count", "counts"})
+"""Units (MetricSpec.unit) that name counted events."""
 
 TrackKey = tuple[DeploymentRef, int, str, Scope]
 
@@ -75,6 +88,8 @@ class _Track:
     trends: deque[float] = field(default_factory=deque)
     """The forecaster's trend after each of the last FLATTEN_SAMPLES + 1 known samples."""
     seen: float = -math.inf
+    trend: LocalTrend | None = None
+    """The local quadratic trend of the (running-median filtered) samples: evidence 3."""
 
 
 def _fmt(value: float | None) -> str:
@@ -108,10 +123,15 @@ class ForecastScorer:
     - `robust_samples`: recent samples the old pods' median is taken over.
     - `sigma_floor_fraction`: the forecasters' sigma is at least this share of |threshold| (constant series).
     - `shared_fraction`: old pods' breach probability, as a share of the new pods', that makes a cause shared.
-    - `urgency_discount`: a breach at the horizon weighs this much less than one now.
     - `forest_risk_cap`, `forest_weight`: the risk of the forest's verdict on its own, and its weight when it
       corroborates a forecast (0: informational only).
     - `forget_after_seconds`: series not assessed for this long are dropped from memory.
+    - `trend_memory_seconds`: time constant of the local trend's exponential forgetting (default 600 s, the
+      default `policy.lookback`).
+    - `flatten_z`: standard errors of the curvature by which a rise is assumed to flatten (0: straight lines).
+    - `recurring_events`: events (restarts) of the new pods within a count's window that make a loop.
+    - `urgency_discount` weighs a breach at the horizon this much less than one now (default 0: the risk is the
+      probability of a breach within the horizon).
     """
 
     def __init__(
@@ -128,10 +148,13 @@ class ForecastScorer:
         robust_samples: int = 5,
         sigma_floor_fraction: float = 0.01,
         shared_fraction: float = 0.5,
-        urgency_discount: float = 0.25,
+        urgency_discount: float = 0.0,
         forest_risk_cap: float = SHARED_CAUSE_RISK_CAP,
         forest_weight: float = 0.0,
         forget_after_seconds: float = 3600.0,
+        trend_memory_seconds: float = 600.0,
+        flatten_z: float = 3.0,
+        recurring_events: int = 2,
     ) -> None:
         self.step_seconds = step_seconds
         self.forecasters = dict(forecasters or {})
@@ -148,6 +171,9 @@ class ForecastScorer:
         self.forest_risk_cap = forest_risk_cap
         self.forest_weight = forest_weight
         self.forget_after_seconds = forget_after_seconds
+        self.trend_memory_seconds = trend_memory_seconds
+        self.flatten_z = flatten_z
+        self.recurring_events = recurring_events
         self._validate()
         self._default = DampedTrendForecaster.from_params(
             alpha=self.default_params["alpha"], beta=self.default_params["beta"], phi=self.default_params["phi"],
@@ -159,12 +185,15 @@ class ForecastScorer:
         self._ticks_since_sweep = 0
         self._forest_cache: dict[tuple[DeploymentRef, int], tuple[float, dict[str, float]] | None] = {}
         self._forest_tick: float | None = None
+        self._attributed: dict[tuple[DeploymentRef, int, str], bool] = {}
+        """Per rollout revision and metric: whether the new pods were worse than old pods (beyond the noise) the
+        last time both ran. Decides, once no old pod is left, whether a breach can still be this release's."""
 
     def _validate(self) -> None:
         """The scorer is built once from config by the wiring: a bad value fails there, naming the parameter."""
         if not (self.step_seconds > 0 and math.isfinite(self.step_seconds)):
             raise ValueError(f"step_seconds: expected a positive number of seconds, got {self.step_seconds!r}")
-        for name in ("min_new_pods", "min_new_samples", "min_forecast_samples", "robust_samples"):
+        for name in ("min_new_pods", "min_new_samples", "min_forecast_samples", "robust_samples", "recurring_events"):
             value = getattr(self, name)
             if not (isinstance(value, int) and value >= 1):
                 raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
@@ -175,6 +204,11 @@ class ForecastScorer:
                 raise ValueError(f"{name}: expected 0..1, got {value!r}")
         if self.settle_seconds < 0:
             raise ValueError(f"settle_seconds: expected >= 0, got {self.settle_seconds!r}")
+        if not (self.trend_memory_seconds > 0 and math.isfinite(self.trend_memory_seconds)):
+            raise ValueError(f"trend_memory_seconds: expected a positive number of seconds, got "
+                             f"{self.trend_memory_seconds!r}")
+        if not self.flatten_z >= 0:
+            raise ValueError(f"flatten_z: expected >= 0 standard errors, got {self.flatten_z!r}")
         missing = {"alpha", "beta", "phi"} - set(self.default_params)
         if missing:
             raise ValueError(f"default_params: missing {', '.join(sorted(missing))}")
@@ -210,7 +244,10 @@ class ForecastScorer:
         view = _View(spec, rollout, now, horizon_seconds, self, tracks, dep_fresh, new_fresh, old_fresh)
         evidence: list[_Evidence] = []
         notes: list[str] = []
-        for found in (view.current(), view.comparison(notes), *view.forecasts()):
+        effect = view.release_effect
+        if effect is not None and new_fresh and old_fresh:
+            self._attributed[(ref, revision, spec.name)] = effect[1]
+        for found in (view.current(), view.comparison(notes), view.recurrence(), *view.forecasts()):
             if found is not None:
                 evidence.append(found)
         if self.forest is not None:
@@ -246,6 +283,8 @@ class ForecastScorer:
     def _forget(self, ref: DeploymentRef) -> None:
         for key in [k for k in self._tracks if k[0] == ref]:
             del self._tracks[key]
+        for attributed in [k for k in self._attributed if k[0] == ref]:
+            del self._attributed[attributed]
 
     def _template(self, ref: DeploymentRef, metric: str) -> DampedTrendForecaster:
         return self.forecasters.get(f"{ref}:{metric}") or self.forecasters.get(metric) or self._default
@@ -264,7 +303,9 @@ class ForecastScorer:
             forecaster.min_sigma = max(forecaster.min_sigma, self.sigma_floor_fraction * abs(limit), 1e-12)
             keep = max(self.robust_samples, self.min_new_samples, 3)
             track = _Track(forecaster, times=deque(maxlen=keep), values=deque(maxlen=keep), pods=deque(maxlen=keep),
-                           trends=deque(maxlen=FLATTEN_SAMPLES + 1))
+                           trends=deque(maxlen=FLATTEN_SAMPLES + 1),
+                           trend=LocalTrend(step_seconds=self.step_seconds, memory_seconds=self.trend_memory_seconds,
+                                            flatten_z=self.flatten_z, min_sigma=forecaster.min_sigma))
             self._tracks[key] = track
         track.seen = now
         times = series.times
@@ -280,6 +321,8 @@ class ForecastScorer:
                     track.values.append(v)
                     track.pods.append(int(p))
                     track.trends.append(track.forecaster.trend_)
+                    assert track.trend is not None
+                    track.trend.update(t, _median_small(list(track.values)[-track.forecaster.median_window:]))
             track.last_time = float(times[-1])
         return track
 
@@ -348,7 +391,7 @@ class _View:
     dep_fresh: bool
     new_fresh: bool
     old_fresh: bool
-    risks: dict[Scope, tuple[float, float | None, float, float, float] | None] = field(default_factory=dict)
+    risks: dict[Scope, tuple[float, TrendForecast] | None] = field(default_factory=dict)
 
     @property
     def sign(self) -> float:
@@ -440,7 +483,12 @@ class _View:
     def shared_note(self) -> str | None:
         """Why a breach is not this release's, or None when it is (or cannot be told apart)."""
         effect = self.release_effect
-        if effect is None or effect[1]:
+        if effect is None:
+            if self.scorer._attributed.get((self.rollout.ref, self.rollout.revision, self.spec.name), False):
+                return None
+            return ("no old pod left to compare with, and the new pods were no worse than old pods when last "
+                    "compared: a change since (traffic, a dependency) is not attributable to this release")
+        if effect[1]:
             return None
         return (f"new pods are no worse than old pods at the same moments (median difference {effect[0]:+.3g}): "
                 f"not caused by this release")
@@ -526,103 +574,116 @@ class _View:
         return rollout.started_at + elapsed * share_needed / progress
 
     # Evidence 3 ---------------------------------------------------------------------------------------------
-    def flattening(self, scope: Scope) -> str | None:
-        """Why the scope's trend is not to be extrapolated, or None. Without new errors a damped trend shrinks by
-        phi per step; shrinking faster means the series keeps falling short of its forecast: a curve levelling
-        off (a cache filling up), which the forecast would still overshoot."""
-        track = self.tracks[Scope(scope)]
-        trends = track.trends
-        if len(trends) <= FLATTEN_SAMPLES:
-            return None
-        then, now = self.sign * trends[0], self.sign * trends[-1]
-        expected = then * track.forecaster.phi_ ** FLATTEN_SAMPLES
-        if then <= 0 or now >= expected:
-            return None
-        return (f"its trend is flattening ({trends[0]:+.3g} -> {trends[-1]:+.3g}/step over the last "
-                f"{FLATTEN_SAMPLES} samples, faster than the damping): levelling off, not extrapolated")
-
-
-    def _breach_risk(self, scope: Scope) -> tuple[float, float | None, float, float, float] | None:
-        """(risk, seconds to the mean crossing, mean, sd, probability) of the scope's forecast, or None."""
+    def _breach_risk(self, scope: Scope) -> tuple[float, TrendForecast] | None:
+        """(risk, forecast) of the scope's local trend, or None before `min_forecast_samples` samples."""
         if scope in self.risks:
             return self.risks[scope]
         self.risks[scope] = result = self._compute_breach_risk(scope)
         return result
 
-    def _compute_breach_risk(self, scope: Scope) -> tuple[float, float | None, float, float, float] | None:
+    def _compute_breach_risk(self, scope: Scope) -> tuple[float, TrendForecast] | None:
         track = self.tracks[scope]
-        forecaster = track.forecaster
-        if not forecaster.ready or forecaster.n_updates_ < self.scorer.min_forecast_samples:
+        trend = track.trend
+        if trend is None or trend.count < self.scorer.min_forecast_samples:
             return None
-        steps = max(1, math.ceil(self.horizon / self.scorer.step_seconds))
         lag = max(0.0, self.now - track.last_time) if math.isfinite(track.last_time) else 0.0
-        lag_steps = round(lag / self.scorer.step_seconds)
-        threshold = self.limit(scope)
-        bound, mean_end, sd_end = forecaster.breach_bound(threshold, self.spec.direction, steps + lag_steps)
-        if bound < NEGLIGIBLE_PROBABILITY:  # the common case: nowhere near the threshold
-            return 0.0, None, mean_end, sd_end, 0.0
-        probs, mean, sd = forecaster.breach_profile(threshold, self.spec.direction, steps + lag_steps)
-        probs, mean, sd = probs[lag_steps:], mean[lag_steps:], sd[lag_steps:]
-        weights = 1.0 - self.scorer.urgency_discount * np.arange(1, probs.size + 1) / probs.size
-        weighted = probs * weights
-        best = int(np.argmax(weighted))
-        crossed = np.flatnonzero(self.sign * (mean - threshold) >= 0)
-        seconds = float((crossed[0] + 1) * self.scorer.step_seconds) if crossed.size else None
-        return float(weighted[best]), seconds, float(mean[best]), float(sd[best]), float(probs[best])
+        forecast = trend.breach(self.limit(scope), self.spec.direction, self.horizon, lag)
+        if forecast is None:
+            return None
+        # P(breach within the horizon), optionally weighing a later breach less (`urgency_discount`)
+        at = forecast.seconds if forecast.seconds is not None else self.horizon
+        weight = 1.0 - self.scorer.urgency_discount * min(at / self.horizon, 1.0)
+        return forecast.probability * weight, forecast
+
+    @property
+    def counts_events(self) -> bool:
+        """The metric counts events over a window (`increase(...[5m])` of restarts): a step in it is one event,
+        not a trend, so it is never extrapolated. Read from the MetricSpec: a count function in its query, or a
+        unit that names events."""
+        spec = self.spec
+        if spec.denominator is not None or spec.quantile is not None:
+            return False
+        return bool(COUNT_FUNCTIONS.search(spec.query)) or spec.unit.lower() in COUNT_UNITS
+
+    def recurrence(self) -> _Evidence | None:
+        """A count of events (restarts) that recurs in the new pods (at least `recurring_events` within the window,
+        on the last two samples) while old pods stay below one: the new pods crash again and again. One event (a
+        single restart, a counter reset) is no loop."""
+        if not self.counts_events or not self.new_fresh or self.spec.direction is not Direction.ABOVE:
+            return None
+        values = list(self.tracks[Scope.NEW].values)
+        needed = min(float(self.scorer.recurring_events), self.spec.threshold)
+        if len(values) < 2 or min(values[-2:]) < needed:
+            return None
+        name, thr = self.spec.name, self.spec.threshold
+        old = self.old_ref()
+        head = (f"{name}: new pods {values[-1]:.4g} (>= {needed:g} events on the last 2 samples: recurring) while "
+                f"old pods {_fmt(old)}; threshold {thr:g}: a count is not extrapolated, a recurring one goes on")
+        if old is not None and old >= 1.0:
+            return _Evidence(SHARED_CAUSE_RISK_CAP, None, f"{head}, but old pods restart too: not this release")
+        if old is None:
+            shared = self.shared_note()
+            if shared:
+                return _Evidence(SHARED_CAUSE_RISK_CAP, None, f"{head}; {shared}")
+        return _Evidence(NEW_POD_BREACH_RISK, None, f"{head} (P(breach within {format_duration(self.horizon)}) "
+                         f"= {NEW_POD_BREACH_RISK:.2f})")
 
     def forecasts(self) -> list[_Evidence | None]:
         found: list[_Evidence | None] = []
+        if self.counts_events:
+            return found
         old = self._breach_risk(Scope.OLD) if self.old_fresh else None
         old_level = self.old_ref()
-        for scope, label, fresh in ((Scope.DEPLOYMENT, "deployment", self.dep_fresh),
+        # while pods are replaced the Deployment's value moves with the mix of new and old pods, which is no trend
+        # of either: its own trend counts once every pod is new
+        mixing = self.rollout.old_replicas > 0 or self.old_fresh
+        for scope, label, fresh in ((Scope.DEPLOYMENT, "deployment", self.dep_fresh and not mixing),
                                     (Scope.NEW, "new pods", self.new_fresh and self.enough_new_pods())):
             if not fresh:
                 continue
             result = self._breach_risk(scope)
             if result is None:
                 continue
-            risk, seconds, mean, sd, prob = result
+            risk, fc = result
             if risk < 0.05:
                 continue
-            forecaster = self.tracks[scope].forecaster
             name, thr = self.spec.name, self.limit(scope)
             if thr != self.spec.threshold:
                 label += " (per pod)"
             within = format_duration(self.horizon)
-            when = f"reaches it in {format_duration(seconds)}" if seconds is not None else "stays short of it"
-            reason = (f"{name}: {label} {forecaster.level_:.4g} (trend {forecaster.trend_:+.3g}/step, damped "
-                      f"{forecaster.phi_:.2f}) forecast {mean:.4g} ± {1.96 * sd:.2g}; threshold {thr:g}: mean "
-                      f"{when}, P(breach within {within}) = {prob:.2f}")
+            when = f"reaches it in {format_duration(fc.seconds)}" if fc.seconds is not None else "stays short of it"
+            shape = ("keeping its pace" if fc.damping_seconds is None else
+                     f"levelling off with time constant {format_duration(fc.damping_seconds)} at the flattest the "
+                     f"data allows")
+            reason = (f"{name}: {label} {fc.level:.4g} trending {fc.slope * 60:+.3g}/min ({shape}), forecast "
+                      f"{fc.forecast:.4g} ± {1.96 * fc.sd:.2g} in {within}; threshold {thr:g}: mean {when}, "
+                      f"P(breach within {within}) = {fc.probability:.2f}")
             if scope is Scope.NEW:
                 reason += "; the deployment follows as the rollout completes"
-            flattening = self.flattening(scope)
-            if flattening and risk > SETTLING_RISK_CAP:
-                risk = SETTLING_RISK_CAP
-                reason += f"; {flattening}"
-            elif risk > SETTLING_RISK_CAP and self.settles(scope):
+            if risk > SETTLING_RISK_CAP and self.settles(scope):
                 risk = SETTLING_RISK_CAP
                 reason += (f"; but it falls back below within {format_duration(self.scorer.settle_seconds)}: "
                            f"warming up or settling")
             if risk > SHARED_CAUSE_RISK_CAP:
                 shared = self.shared_note()
-                if old is not None and old[4] >= 0.2 and old[4] >= self.scorer.shared_fraction * prob:
-                    shared = f"old pods forecast to breach too (P = {old[4]:.2f}): not this release"
+                if old is not None and old[1].probability >= 0.2 and (
+                        old[1].probability >= self.scorer.shared_fraction * fc.probability):
+                    shared = f"old pods forecast to breach too (P = {old[1].probability:.2f}): not this release"
                 elif old_level is not None and self.over(old_level, Scope.OLD):
                     shared = f"old pods breach too ({old_level:.4g}): not this release"
                 if shared:
                     risk = SHARED_CAUSE_RISK_CAP
                     reason += f"; {shared}"
-            breach_at = (self.tracks[scope].last_time + seconds) if seconds is not None else None
-            if breach_at is not None:
-                breach_at = max(breach_at, self.now)
+            breach_at = self.now + fc.seconds if fc.seconds is not None else None
             found.append(_Evidence(risk, breach_at, reason))
         return found
 
     def quiet_forecast(self) -> str:
         within = format_duration(self.horizon)
-        result = self._breach_risk(Scope.DEPLOYMENT) if self.dep_fresh else None
+        result = self._breach_risk(Scope.DEPLOYMENT) if self.dep_fresh and not self.counts_events else None
         if result is None:
-            return f"no breach predicted within {within} (forecast not ready)"
-        _, _, mean, sd, prob = result
-        return (f"forecast {mean:.4g} ± {1.96 * sd:.2g}, P(breach within {within}) = {prob:.2f}; "
-                f"no breach predicted")
+            return f"no breach predicted within {within} (" + (
+                "a count is not extrapolated)" if self.counts_events else "forecast not ready)")
+        fc = result[1]
+        return (f"forecast {fc.forecast:.4g} ± {1.96 * fc.sd:.2g}, P(breach within {within}) = "
+                f"{fc.probability:.2f}; no breach predicted")

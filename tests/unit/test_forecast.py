@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from statsmodels.tsa.exponential_smoothing.ets import ETSModel
 
-from predictor.detectors.forecast import DEFAULT_BOUNDS, DampedTrendForecaster
+from predictor.detectors.forecast import DEFAULT_BOUNDS, DampedTrendForecaster, LocalTrend
 from predictor.domain import Direction
 from tests.series import expand
 
@@ -209,3 +209,54 @@ def test_scores_of_a_prefix_equal_the_first_scores_of_the_whole(values: list[flo
     whole = scores(len(values))
     prefix = scores(min(cut, len(values)))
     assert whole[: len(prefix)] == prefix
+
+
+# The local trend (evidence 3 of ForecastScorer) -------------------------------------------------------------------
+def _trend_over(values: np.ndarray, memory: float = 600.0, **params: float) -> LocalTrend:
+    trend = LocalTrend(step_seconds=STEP, memory_seconds=memory, **params)
+    for i, value in enumerate(values):
+        trend.update(i * STEP, float(value))
+    return trend
+
+
+def test_the_shifted_moments_equal_a_direct_weighted_quadratic_fit() -> None:
+    rng = np.random.default_rng(5)
+    y = 0.4 + 0.01 * np.arange(30) - 0.0002 * np.arange(30) ** 2 + rng.normal(0, 0.01, 30)
+    trend = _trend_over(y, memory=300.0)
+    tau = np.arange(30, dtype=float) - 29.0
+    w = np.exp(tau * STEP / 300.0)
+    x = np.vstack([np.ones_like(tau), tau, tau**2]).T
+    direct = np.linalg.solve(x.T @ (w[:, None] * x), x.T @ (w * y))
+    fitted = trend.fit()
+    assert fitted is not None
+    np.testing.assert_allclose(fitted[0], direct, rtol=1e-7, atol=1e-10)
+
+
+def test_a_steady_rise_is_extrapolated_and_a_flattening_one_is_not() -> None:
+    rng = np.random.default_rng(6)
+    t = np.arange(24) * STEP
+    leak = 0.45 + 0.045 * t / 60.0 + rng.normal(0, 0.005, t.size)  # reaches 0.9 at 10 min
+    cache = 0.45 + 0.35 * (1.0 - np.exp(-t / 150.0)) + rng.normal(0, 0.005, t.size)  # levels off at 0.8
+    steady = _trend_over(leak, min_sigma=0.009).breach(0.9, Direction.ABOVE, 600.0)
+    flattening = _trend_over(cache, min_sigma=0.009).breach(0.9, Direction.ABOVE, 600.0)
+    assert steady is not None and steady.probability > 0.95
+    assert steady.damping_seconds is None or steady.damping_seconds > 600.0  # at most a slow levelling off
+    assert steady.seconds is not None and 200.0 < steady.seconds < 400.0
+    assert flattening is not None and flattening.probability < 0.05
+
+
+def test_an_uncertain_rise_waits() -> None:
+    """Four samples of a rise cannot tell a leak from a cache: the flattest curvature they allow is assumed."""
+    early = _trend_over(np.array([0.45, 0.46, 0.475, 0.485, 0.5]), min_sigma=0.009)
+    forecast = early.breach(0.9, Direction.ABOVE, 600.0)
+    assert forecast is not None and forecast.probability < 0.5
+
+
+def test_the_local_trend_skips_unknown_and_repeated_samples_and_checks_its_parameters() -> None:
+    trend = _trend_over(np.array([1.0, 1.1, 1.2, 1.3]))
+    before = (list(trend.m), list(trend.n), trend.count)
+    trend.update(10 * STEP, math.nan)
+    trend.update(3 * STEP, 5.0)
+    assert (trend.m, trend.n, trend.count) == before
+    with pytest.raises(ValueError, match="memory_seconds"):
+        LocalTrend(memory_seconds=0.0)

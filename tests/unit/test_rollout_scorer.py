@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -361,3 +361,64 @@ def test_engine_with_the_forecast_scorer(kind: str, seed: int) -> None:
         assert cluster.actions == []
     else:
         assert len(cluster.actions) == 1 and cluster.actions[0][0] < breach_time(sim)
+
+
+# Counts of events, and breaches after the last old pod left ------------------------------------------------------
+RESTARTS = next(s for s in SPECS if s.name == "restarts_5m")
+CPU = next(s for s in SPECS if s.name == "cpu_limit_ratio")
+
+
+def _rolling(t: float, new: int = 2, old: int = 6) -> RolloutState:
+    return RolloutState(ref=REF, revision=2, new_hash="n", old_hashes=("o",), desired_replicas=new + old,
+                        updated_replicas=new, ready_new_replicas=new, old_replicas=old, started_at=START)
+
+
+def _feed(history: MetricHistory, spec: MetricSpec, t: float, dep: float | None, new: float | None,
+          old: float | None) -> None:
+    history.add(2, [Observation(REF, spec.name, scope, t, value, pods=2)
+                    for scope, value in ((Scope.DEPLOYMENT, dep), (Scope.NEW, new), (Scope.OLD, old))])
+
+
+def _risks(spec: MetricSpec, rows: Sequence[tuple[float | None, float | None, float | None]],
+           state: Callable[[float], RolloutState] = _rolling) -> list[Assessment]:
+    history, scorer, out = MetricHistory(HORIZON), ForecastScorer(step_seconds=STEP), []
+    for i, (dep, new, old) in enumerate(rows):
+        t = START + i * STEP
+        _feed(history, spec, t, dep, new, old)
+        out.append(scorer.assess(state(t), spec, history, t, HORIZON))
+    return out
+
+
+def test_one_restart_of_a_new_pod_is_an_event_not_a_trend() -> None:
+    """increase(...[5m]) turns one restart into a step (here with the extrapolation's overshoot): not extrapolated."""
+    counts = [0.0] * 4 + [1.5, 1.25, 1.1] + [1.05] * 12
+    assessments = _risks(RESTARTS, [(c, c, 0.0) for c in counts])
+    assert max(a.risk for a in assessments) < RISK, max(assessments, key=lambda a: a.risk).reason
+    assert "a count is not extrapolated" in assessments[-1].reason
+
+
+def test_recurring_restarts_of_new_pods_while_old_pods_do_not_restart_act() -> None:
+    counts = [0.0] * 3 + [1.0, 1.0, 1.0, 2.1, 2.05, 2.0]
+    assessments = _risks(RESTARTS, [(c, c, 0.0) for c in counts])
+    assert assessments[-1].risk >= RISK and "recurring" in assessments[-1].reason
+    assert max(a.risk for a in assessments[:-2]) < RISK
+    shared = _risks(RESTARTS, [(c, c, c) for c in counts])
+    assert shared[-1].risk < RISK and "old pods restart too" in shared[-1].reason
+
+
+def test_a_rise_after_the_last_old_pod_left_is_not_the_release_s_unless_it_was_worse_before() -> None:
+    """New pods as good as old pods while both ran, then every pod's CPU climbs (a surge): alert at most."""
+    def state(t: float) -> RolloutState:
+        done = t >= START + 8 * STEP
+        return replace(_rolling(t, new=8 if done else 2, old=0 if done else 6),
+                       completed_at=START + 8 * STEP if done else None)
+
+    calm = [(0.4, 0.4 + 0.002 * (i % 2), 0.4) for i in range(8)]
+    climb = [(0.4 + 0.03 * i, 0.4 + 0.03 * i, None) for i in range(1, 20)]
+    assessments = _risks(CPU, calm + climb, state)
+    late = assessments[8:]
+    assert max(a.risk for a in late) < RISK
+    assert any("not attributable to this release" in a.reason for a in late if a.risk > 0)
+    worse = [(0.4, 0.5 + 0.01 * i, 0.4) for i in range(8)]  # new pods already worse and rising
+    assessments = _risks(CPU, worse + climb, state)
+    assert max(a.risk for a in assessments[8:]) >= RISK
