@@ -72,11 +72,14 @@ def replay(
 
 def run_backtest(config: Config, *, start: float, end: float, step_seconds: float, output: Path) -> int:
     from predictor.rollouts.replay import KubeStateMetricsRolloutSource
+    from predictor.scoring import build_scorer
     from predictor.sources.prometheus import PrometheusMetricSource
 
     metrics = PrometheusMetricSource(config.prometheus)
     rollouts = KubeStateMetricsRolloutSource(config.prometheus, config.targets)
-    decisions = replay(config, rollouts=rollouts, metrics=metrics, start=start, end=end, step_seconds=step_seconds)
+    scorer, _ = build_scorer(config, scorer=config.models.scorer)
+    decisions = replay(config, rollouts=rollouts, metrics=metrics, start=start, end=end, step_seconds=step_seconds,
+                       scorer=scorer)
     output.parent.mkdir(parents=True, exist_ok=True)
     with output.open("w", encoding="utf-8") as handle:
         for decision in decisions:

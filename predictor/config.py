@@ -170,9 +170,9 @@ class ModelsConfig:
     """Where `predictor train` writes artifacts; None: untrained scoring."""
     reload_seconds: float = 3600.0
     """How often the daemon looks for a newer artifact (default 1h)."""
-    scorer: str = "trend"
-    """trend (threshold, new against old pods and linear trend; never trained) or forecast (damped-trend forecasts
-    with breach probabilities, trained when models.dir holds an artifact)."""
+    scorer: str = "forecast"
+    """forecast (breach probabilities from local trends, new against old pods; trained when models.dir holds an
+    artifact) or trend (threshold, new against old pods and linear trend; never trained)."""
 
 
 @dataclass(frozen=True)
@@ -552,7 +552,7 @@ def parse_config(raw: Any, source: str = "config") -> Config:
         models=ModelsConfig(
             dir=reader.path(mdl, "dir", "models", must_exist=False),
             reload_seconds=reader.duration(mdl, "reload", "models", 3600.0),
-            scorer=reader.choice(mdl, "scorer", "models", "trend", SCORERS),
+            scorer=reader.choice(mdl, "scorer", "models", "forecast", SCORERS),
         ),
     )
     if reader.errors:

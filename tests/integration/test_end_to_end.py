@@ -116,6 +116,11 @@ server:
 logging:
   format: json
   level: INFO
+models:
+  # This test runs the rollout 30 times faster than life (1 s ticks, a pod every 2 s). The forecast scorer waits
+  # out a new pod's first minute of warm-up in wall time, so here the trend scorer decides; the forecast scorer's
+  # decisions are tested in tests/unit/test_rollout_scorer.py and over Prometheus history in test_backtest.py.
+  scorer: trend
 """)
 
 
