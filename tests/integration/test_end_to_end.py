@@ -8,11 +8,6 @@ alone and never alerted on.
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -21,112 +16,20 @@ from typing import Any
 import pytest
 
 from tests.fakes.kubeapi import FakeKubeAPI, make_deployment
-from tests.fixtures.alertmanager import RecordingServer, free_port, webhook_alerts
-from tests.fixtures.prometheus import LivePrometheus, key
-
-ROOT = Path(__file__).parents[2]
-REQUESTS_PER_SECOND = 20.0
-BAD_ERROR_SHARE = 0.10
-GOOD_ERROR_SHARE = 0.005
+from tests.fixtures.alertmanager import RecordingServer, webhook_alerts
+from tests.fixtures.prometheus import LivePrometheus
+from tests.integration.live import (
+    BAD_ERROR_SHARE,
+    GOOD_ERROR_SHARE,
+    TrafficFeeder,
+    image_of,
+    set_image,
+    start_daemon,
+    stop_daemon,
+    write_config,
+)
 
 pytestmark = [pytest.mark.prometheus, pytest.mark.alertmanager]
-
-
-class TrafficFeeder:
-    """Plays the pods' HTTP servers: per pod counters of requests by code, in the exporter Prometheus scrapes.
-
-    Pods of a ReplicaSet whose template runs `image_bad` answer 10 % errors, the others 0.5 %.
-    """
-
-    def __init__(self, fake: FakeKubeAPI, live: LivePrometheus, namespace: str, image_bad: str) -> None:
-        self.fake, self.live, self.namespace, self.image_bad = fake, live, namespace, image_bad
-        self.counts: dict[tuple[str, str], float] = {}
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, name="traffic", daemon=True)
-
-    def _bad_replicasets(self) -> set[str]:
-        bad = set()
-        for rs in self.fake.list("apps/v1", "ReplicaSet", self.namespace):
-            images = [c["image"] for c in rs["spec"]["template"]["spec"]["containers"]]
-            if self.image_bad in images:
-                bad.add(rs["metadata"]["name"])
-        return bad
-
-    def tick(self, seconds: float) -> None:
-        bad = self._bad_replicasets()
-        pods = [p["metadata"]["name"] for p in self.fake.list("v1", "Pod", self.namespace)]
-        live = set()
-        for pod in pods:
-            owner = pod.rsplit("-", 1)[0]
-            share = BAD_ERROR_SHARE if owner in bad else GOOD_ERROR_SHARE
-            total = REQUESTS_PER_SECOND * seconds
-            for code, amount in (("200", total * (1 - share)), ("500", total * share)):
-                series = key("http_requests_total", namespace=self.namespace, pod=pod, code=code)
-                self.counts[(pod, code)] = self.counts.get((pod, code), 0.0) + amount
-                self.live.exporter.set(series, self.counts[(pod, code)])
-                live.add(series)
-        for pod, code in list(self.counts):
-            series = key("http_requests_total", namespace=self.namespace, pod=pod, code=code)
-            if series not in live:
-                self.live.exporter.remove(series)
-                del self.counts[(pod, code)]
-
-    def _run(self) -> None:
-        while not self.stop.wait(0.25):
-            self.tick(0.25)
-
-    def __enter__(self) -> TrafficFeeder:
-        self.tick(0.0)
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join(5)
-
-
-def write_config(path: Path, *, prometheus: str, alertmanager: str, kubeconfig: Path, namespace: str) -> None:
-    selector = 'namespace=~"{namespace}", pod=~"{pods}"'
-    path.write_text(f"""
-prometheus:
-  url: {prometheus}
-  timeout: 5s
-alertmanager:
-  url: {alertmanager}
-kubernetes:
-  kubeconfig: {kubeconfig}
-targets:
-  - namespace: {namespace}
-metrics:
-  - name: error_ratio
-    query: 'sum by (namespace, pod) (rate(http_requests_total{{{selector}, code=~"5.."}}[10s]))'
-    denominator: 'sum by (namespace, pod) (rate(http_requests_total{{{selector}}}[10s]))'
-    min_denominator: 1
-    threshold: 0.05
-policy:
-  action: undo
-  interval: 1s
-  lookback: 30s
-  consecutive: 2
-  bake: 1m
-  blind_after: 30
-server:
-  host: 127.0.0.1
-  port: {free_port()}
-logging:
-  format: json
-  level: INFO
-models:
-  # This test runs the rollout 30 times faster than life (1 s ticks, a pod every 2 s). The forecast scorer waits
-  # out a new pod's first minute of warm-up in wall time, so here the trend scorer decides; the forecast scorer's
-  # decisions are tested in tests/unit/test_rollout_scorer.py and over Prometheus history in test_backtest.py.
-  scorer: trend
-""")
-
-
-def image_of(fake: FakeKubeAPI, namespace: str, name: str) -> str:
-    deployment = fake.get("apps/v1", "Deployment", namespace, name)
-    return str(deployment["spec"]["template"]["spec"]["containers"][0]["image"])
 
 
 def alerts_for(bodies: list[Any], deployment: str, status: str) -> list[dict[str, Any]]:
@@ -148,17 +51,13 @@ def test_bad_release_is_undone_and_alerted_healthy_release_is_left_alone(
     write_config(config, prometheus=live_prometheus.url, alertmanager=alertmanager.url,
                  kubeconfig=fake_kube.write_kubeconfig(tmp_path / "kubeconfig"), namespace=namespace)
 
-    with TrafficFeeder(fake_kube, live_prometheus, namespace, image_bad="checkout:v2"):
+    with TrafficFeeder(fake_kube, live_prometheus, namespace, bad_images={"checkout:v2"}):
         live_prometheus.wait_for(f'count(http_requests_total{{namespace="{namespace}"}})',
                                  lambda r: bool(r) and float(r[0]["value"][1]) >= 16, timeout=20)
-        daemon = subprocess.Popen(
-            [sys.executable, "-m", "predictor.cli", "run", "--config", str(config)], cwd=ROOT,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
+        daemon = start_daemon(config)
         try:
             for name, image in (("checkout", "checkout:v2"), ("catalog", "catalog:v2")):
-                fake_kube.patch("apps/v1", "Deployment", namespace, name,
-                                {"spec": {"template": {"spec": {"containers": [{"name": "app", "image": image}]}}}})
+                set_image(fake_kube, namespace, name, image)
             # The rollout moves one replica every 2 seconds, like a controller waiting for readiness.
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline and image_of(fake_kube, namespace, "checkout") != "checkout:v1":
@@ -191,12 +90,7 @@ def test_bad_release_is_undone_and_alerted_healthy_release_is_left_alone(
             resolved = webhook_receiver.wait_for(lambda b: alerts_for(b, "checkout", "resolved"), timeout=20)
             assert alerts_for(resolved, "checkout", "resolved")[0]["labels"]["revision"] == "2"
         finally:
-            daemon.send_signal(signal.SIGTERM)
-            try:
-                output, _ = daemon.communicate(timeout=20)
-            except subprocess.TimeoutExpired:
-                daemon.kill()
-                output, _ = daemon.communicate()
+            output = stop_daemon(daemon)
     assert daemon.returncode == 0, output[-3000:]
 
     # Undone before the Deployment as a whole breached 5 %: its error ratio at the undo, from the pod counts.

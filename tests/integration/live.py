@@ -1,0 +1,144 @@
+"""What the tests of `predictor run` as a process share: pods' traffic fed to a real Prometheus, a config
+file, and starting and stopping the daemon."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Collection, Mapping
+from pathlib import Path
+
+from tests.fakes.kubeapi import FakeKubeAPI
+from tests.fixtures.alertmanager import free_port
+from tests.fixtures.prometheus import LivePrometheus, key
+
+ROOT = Path(__file__).parents[2]
+REQUESTS_PER_SECOND = 20.0
+BAD_ERROR_SHARE = 0.10
+GOOD_ERROR_SHARE = 0.005
+
+
+class TrafficFeeder:
+    """Plays the pods' HTTP servers: per pod counters of requests by code, in the exporter Prometheus scrapes.
+
+    Pods of a ReplicaSet whose template runs one of `bad_images` answer 10 % errors, the others 0.5 %.
+    """
+
+    def __init__(self, fake: FakeKubeAPI, live: LivePrometheus, namespace: str, bad_images: Collection[str]) -> None:
+        self.fake, self.live, self.namespace, self.bad_images = fake, live, namespace, set(bad_images)
+        self.counts: dict[tuple[str, str], float] = {}
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="traffic", daemon=True)
+
+    def _bad_replicasets(self) -> set[str]:
+        bad = set()
+        for rs in self.fake.list("apps/v1", "ReplicaSet", self.namespace):
+            images = [c["image"] for c in rs["spec"]["template"]["spec"]["containers"]]
+            if self.bad_images.intersection(images):
+                bad.add(rs["metadata"]["name"])
+        return bad
+
+    def tick(self, seconds: float) -> None:
+        bad = self._bad_replicasets()
+        pods = [p["metadata"]["name"] for p in self.fake.list("v1", "Pod", self.namespace)]
+        live = set()
+        for pod in pods:
+            owner = pod.rsplit("-", 1)[0]
+            share = BAD_ERROR_SHARE if owner in bad else GOOD_ERROR_SHARE
+            total = REQUESTS_PER_SECOND * seconds
+            for code, amount in (("200", total * (1 - share)), ("500", total * share)):
+                series = key("http_requests_total", namespace=self.namespace, pod=pod, code=code)
+                self.counts[(pod, code)] = self.counts.get((pod, code), 0.0) + amount
+                self.live.exporter.set(series, self.counts[(pod, code)])
+                live.add(series)
+        for pod, code in list(self.counts):
+            series = key("http_requests_total", namespace=self.namespace, pod=pod, code=code)
+            if series not in live:
+                self.live.exporter.remove(series)
+                del self.counts[(pod, code)]
+
+    def _run(self) -> None:
+        while not self.stop.wait(0.25):
+            self.tick(0.25)
+
+    def __enter__(self) -> TrafficFeeder:
+        self.tick(0.0)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(5)
+
+
+def write_config(
+    path: Path, *, prometheus: str, alertmanager: str | None, kubeconfig: Path, namespace: str
+) -> None:
+    selector = 'namespace=~"{namespace}", pod=~"{pods}"'
+    alerting = f"alertmanager:\n  url: {alertmanager}\n" if alertmanager else ""
+    path.write_text(f"""
+prometheus:
+  url: {prometheus}
+  timeout: 5s
+{alerting}kubernetes:
+  kubeconfig: {kubeconfig}
+targets:
+  - namespace: {namespace}
+metrics:
+  - name: error_ratio
+    query: 'sum by (namespace, pod) (rate(http_requests_total{{{selector}, code=~"5.."}}[10s]))'
+    denominator: 'sum by (namespace, pod) (rate(http_requests_total{{{selector}}}[10s]))'
+    min_denominator: 1
+    threshold: 0.05
+policy:
+  action: undo
+  interval: 1s
+  lookback: 30s
+  consecutive: 2
+  bake: 1m
+  blind_after: 30
+server:
+  host: 127.0.0.1
+  port: {free_port()}
+logging:
+  format: json
+  level: INFO
+models:
+  # This test runs the rollout 30 times faster than life (1 s ticks, a pod every 2 s). The forecast scorer waits
+  # out a new pod's first minute of warm-up in wall time, so here the trend scorer decides; the forecast scorer's
+  # decisions are tested in tests/unit/test_rollout_scorer.py and over Prometheus history in test_backtest.py.
+  scorer: trend
+""")
+
+
+def image_of(fake: FakeKubeAPI, namespace: str, name: str) -> str:
+    deployment = fake.get("apps/v1", "Deployment", namespace, name)
+    return str(deployment["spec"]["template"]["spec"]["containers"][0]["image"])
+
+
+def start_daemon(config: Path, env: Mapping[str, str] | None = None) -> subprocess.Popen[str]:
+    """`predictor run --config CONFIG` as a process, its log (JSON lines) on stdout."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "predictor.cli", "run", "--config", str(config)], cwd=ROOT,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+    )
+
+
+def stop_daemon(daemon: subprocess.Popen[str]) -> str:
+    """SIGTERM, as Kubernetes stops a pod; returns the log. Killed if it does not exit in 20 s."""
+    daemon.send_signal(signal.SIGTERM)
+    try:
+        output, _ = daemon.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        daemon.kill()
+        output, _ = daemon.communicate()
+    return output
+
+
+def set_image(fake: FakeKubeAPI, namespace: str, name: str, image: str) -> None:
+    fake.patch("apps/v1", "Deployment", namespace, name,
+               {"spec": {"template": {"spec": {"containers": [{"name": "app", "image": image}]}}}})
