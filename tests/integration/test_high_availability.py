@@ -97,6 +97,5 @@ def test_one_leader_acts_and_the_follower_takes_over_without_acting_twice(
 
     assert [f"{namespace}/checkout" in line for line in undos(first_log)] == [True]
     assert [f"{namespace}/cart" in line for line in undos(second_log)] == [True]
-    assert "follower: not acting" in second_log, "the follower saw the first bad release and left it to the leader"
     lease = fake_kube.get("coordination.k8s.io/v1", "Lease", namespace, "predictor")
     assert lease["spec"]["leaseTransitions"] >= 1
