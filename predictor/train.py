@@ -57,7 +57,7 @@ from predictor.features import MetricHistory
 from predictor.models import save_artifact
 from predictor.ports import RolloutSource
 from predictor.scoring import MODEL_NAME, newest_usable_artifact
-from predictor.sources.prometheus import RangeSeries
+from predictor.sources.prometheus import RangeSeries, parse_le
 from predictor.sources.split import PodSample, render_query, split_observations, unknown_observations
 
 log = logging.getLogger(__name__)
@@ -342,7 +342,7 @@ def _range_samples(
     out: _TickSamples = defaultdict(lambda: ([], 0))
     for labels, times, values in matrix:
         namespace, pod = labels.get("namespace"), labels.get("pod")
-        le = _parse_le(labels.get("le")) if spec.quantile is not None and which == "query" else None
+        le = parse_le(labels.get("le")) if spec.quantile is not None and which == "query" else None
         for t, value in zip(times.tolist(), values.tolist(), strict=True):
             samples, unlabelled = out[_ms(t)]
             if not namespace or not pod:
@@ -366,16 +366,6 @@ def _split_at(
                                         "without 'namespace' and 'pod' labels (aggregate with `by (namespace, pod)`)")
         found.append(samples)
     return split_observations(spec, watched, found[0], at, denominator=found[1] if denominator is not None else None)
-
-
-def _parse_le(raw: str | None) -> float | None:
-    if raw is None:
-        return None
-    try:
-        value = float(raw)
-    except ValueError:
-        return None
-    return None if math.isnan(value) else value
 
 
 def _ms(t: float) -> int:

@@ -233,7 +233,7 @@ class PrometheusMetricSource:
                 continue
             le = None
             if spec.quantile is not None and which == "query":
-                le = _parse_le(labels.get("le"))
+                le = parse_le(labels.get("le"))
             samples.append(PodSample(namespace, pod, value, le))
         if unlabelled and not samples:
             message = (
@@ -271,7 +271,8 @@ def _parse_float(raw: Any) -> float:
     return float(raw)
 
 
-def _parse_le(raw: str | None) -> float | None:
+def parse_le(raw: str | None) -> float | None:
+    """A histogram bucket's `le` label as a number (+Inf included); None when absent or not a number."""
     if raw is None:
         return None
     try:
