@@ -51,8 +51,22 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+_TIME_OPTIONS = ("--from", "--to", "--start", "--end")
+
+
+def _attach_relative_times(argv: Sequence[str]) -> list[str]:
+    """`--from -7d` as `--from=-7d`: argparse would take '-7d' for an option."""
+    out: list[str] = []
+    for token in argv:
+        if out and out[-1] in _TIME_OPTIONS and token.startswith("-"):
+            out[-1] = f"{out[-1]}={token}"
+        else:
+            out.append(token)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = _parser().parse_args(_attach_relative_times(sys.argv[1:] if argv is None else argv))
     try:
         return _dispatch(args)
     except ConfigError as exc:
