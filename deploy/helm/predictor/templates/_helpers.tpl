@@ -139,7 +139,9 @@ policy:
   horizon: {{ .Values.policy.horizon | quote }}
   interval: {{ .Values.policy.interval | quote }}
   consecutive: {{ .Values.policy.consecutive }}
+  alert_threshold: {{ .Values.policy.alertThreshold }}
   risk_threshold: {{ .Values.policy.riskThreshold }}
+  undo_threshold: {{ .Values.policy.undoThreshold }}
   blind_after: {{ .Values.policy.blindAfter }}
   blind_action: {{ .Values.policy.blindAction | quote }}
   lookback: {{ .Values.policy.lookback | quote }}
@@ -149,8 +151,9 @@ server:
 logging:
   format: {{ .Values.logging.format | quote }}
   level: {{ .Values.logging.level | quote }}
-{{- if .Values.retraining.enabled }}
 models:
+  scorer: {{ .Values.models.scorer | quote }}
+{{- if .Values.retraining.enabled }}
   dir: /models
   reload: {{ .Values.models.reload | quote }}
 {{- end }}
