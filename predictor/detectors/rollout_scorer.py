@@ -5,10 +5,13 @@ keeps a damped-trend forecaster and a few recent samples, and feeds them only th
 a tick costs the same whatever the age of the rollout. Four kinds of evidence, the strongest wins:
 
 1. the Deployment breaches now (the median of its last 5 samples, so an outlier or two is not a breach);
-2. new pods against old pods at the same moments: the Deployment once every pod runs the new revision is the old
-   pods' level plus the new-minus-old difference. Counted only with enough new pods and aligned samples, when
-   the breach has persisted over several samples and the new pods' forecast does not decay back within
-   `settle_seconds` (the warm-up of new pods);
+2. new pods against old pods at the same moments, a sequential test: the Deployment once every pod runs the new
+   revision is the old pods' level plus the new-minus-old gap. Each aligned sample adds one gap; the evidence is
+   the smaller of the mean gap and the margin beyond the threshold held `settle_seconds` ahead (following the
+   margins' line when it closes, never when it grows), in standard errors built from the scatter seen in old pods
+   scaled to the new pods' count. A gap many times the scatter counts from the first new pods' first sample (an
+   abrupt regression breaches within a minute); a small one needs more samples; a gap that closes (the warm-up
+   of new pods) is held back by the line's prediction error as much as by its slope;
 3. the local trend of the new pods (and of the Deployment once every pod is new: before, its value moves with the
    mix of new and old pods): P(the trend's path is beyond the threshold within the horizon), from a discounted
    quadratic regression (`LocalTrend`). A rise is extrapolated as a straight line only when the data rules out
@@ -16,7 +19,8 @@ a tick costs the same whatever the age of the rollout. Four kinds of evidence, t
    flattest curvature the data allows, so a cache filling up waits and a leak of constant pace acts early. A count
    of events (`increase()` of restarts: read from the MetricSpec's query or unit) is never extrapolated: a restart
    is one event, not a trend; instead new pods whose count recurs (`recurring_events` within the window, on two
-   samples in a row) while old pods stay below one count as a crash loop;
+   samples in a row) while old pods stay below one count as a crash loop when the restarts keep new pods from
+   being ready or the count still rises (two counter resets of a pod that serves again are no loop);
 4. with a trained `RolloutIsolationForest`: its verdict that the joint feature vector of the rollout is unusual,
    for the metric that deviates most. On its own it is capped below acting risk (an unusual rollout is not a
    predicted breach: a cache filling up is unusual too); `forest_weight` > 0 lets it raise a forecast.
@@ -37,10 +41,11 @@ import re
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, lru_cache
+from itertools import pairwise
 from typing import Any
 
-from predictor.config import MetricSpec, format_duration
+from predictor.config import MetricSpec, format_duration, parse_duration
 from predictor.detectors.forecast import DampedTrendForecaster, LocalTrend, TrendForecast, _median_small
 from predictor.detectors.forest import RolloutIsolationForest
 from predictor.detectors.trend import SHARED_CAUSE_RISK_CAP
@@ -53,11 +58,10 @@ samples (alpha), a trend that builds over about ten samples (beta) and levels of
 SETTLING_RISK_CAP = 0.5
 """Risk of a breach by new pods whose forecast decays back below the threshold: warming up, not broken."""
 RELEASE_Z = 2.0
-"""New pods count as worse than old pods when the median difference exceeds this many combined sigmas."""
+"""New pods count as worse than old pods when the median difference exceeds this many combined sigmas; the
+new-versus-old test's confidence is the normal CDF of its statistic less this many standard errors."""
 NEGLIGIBLE_PROBABILITY = 1e-6
 """Below this bound of the breach probability a forecast is not computed step by step."""
-FLATTEN_SAMPLES = 4
-"""Samples over which a trend shrinking faster than its damping marks a curve levelling off."""
 NEW_POD_BREACH_RISK = 0.95
 """Risk of a persisted, release-specific breach of the new pods (times the confidence of the margin)."""
 
@@ -65,6 +69,8 @@ COUNT_FUNCTIONS = re.compile(r"\b(?:increase|changes|resets)\s*\(")
 """PromQL functions whose result counts events over a window."""
 COUNT_UNITS = frozenset({"restarts", "events", "count", "counts"})
 """Units (MetricSpec.unit) that name counted events."""
+RANGE_WINDOW = re.compile(r"\[(\d+(?:\.\d+)?[smhd])(?::[^\]]*)?\]")
+"""A PromQL range selector (`[1m]`, `[5m:15s]`): how far back each sample of the query looks."""
 
 TrackKey = tuple[DeploymentRef, int, str, Scope]
 
@@ -85,9 +91,9 @@ class _Track:
     times: deque[float] = field(default_factory=deque)
     values: deque[float] = field(default_factory=deque)
     pods: deque[int] = field(default_factory=deque)
-    trends: deque[float] = field(default_factory=deque)
-    """The forecaster's trend after each of the last FLATTEN_SAMPLES + 1 known samples."""
     seen: float = -math.inf
+    first_time: float = math.inf
+    """When the series' first known sample was taken (for new pods: when the first of them served)."""
     trend: LocalTrend | None = None
     """The local quadratic trend of the (running-median filtered) samples: evidence 3."""
 
@@ -117,9 +123,11 @@ class ForecastScorer:
       `"<namespace>/<name>:<metric>"` or by `"<metric>"` (looked up in that order); missing ones use
       `default_params`.
     - `forest`: a fitted `RolloutIsolationForest` (evidence 4), None to leave it out.
-    - `min_new_pods`, `min_new_samples`: below these the new-versus-old comparison abstains.
+    - `min_new_pods`, `min_new_samples`: below these the new-versus-old comparison abstains (default 1 and 1: the
+      sequential test itself decides how many samples a gap needs).
     - `min_forecast_samples`: samples a series needs before its forecast counts.
-    - `settle_seconds`: how far ahead the new pods' forecast must still breach (warm-up grace).
+    - `settle_seconds`: how far ahead the new pods must still breach (warm-up grace): the new-versus-old margin
+      is held there, and a breach whose robust slope brings it back within this long is settling.
     - `robust_samples`: recent samples the old pods' median is taken over.
     - `sigma_floor_fraction`: the forecasters' sigma is at least this share of |threshold| (constant series).
     - `shared_fraction`: old pods' breach probability, as a share of the new pods', that makes a cause shared.
@@ -142,7 +150,7 @@ class ForecastScorer:
         forest: RolloutIsolationForest | None = None,
         default_params: Mapping[str, float] = DEFAULT_LIVE_PARAMS,
         min_new_pods: int = 1,
-        min_new_samples: int = 4,
+        min_new_samples: int = 1,
         min_forecast_samples: int = 6,
         settle_seconds: float = 60.0,
         robust_samples: int = 5,
@@ -303,7 +311,6 @@ class ForecastScorer:
             forecaster.min_sigma = max(forecaster.min_sigma, self.sigma_floor_fraction * abs(limit), 1e-12)
             keep = max(self.robust_samples, self.min_new_samples, 3)
             track = _Track(forecaster, times=deque(maxlen=keep), values=deque(maxlen=keep), pods=deque(maxlen=keep),
-                           trends=deque(maxlen=FLATTEN_SAMPLES + 1),
                            trend=LocalTrend(step_seconds=self.step_seconds, memory_seconds=self.trend_memory_seconds,
                                             flatten_z=self.flatten_z, min_sigma=forecaster.min_sigma))
             self._tracks[key] = track
@@ -317,12 +324,15 @@ class ForecastScorer:
                     v = v / p if p > 0 else math.nan
                 track.forecaster.update(t, v)
                 if math.isfinite(v):
+                    track.first_time = min(track.first_time, t)
                     track.times.append(t)
                     track.values.append(v)
                     track.pods.append(int(p))
-                    track.trends.append(track.forecaster.trend_)
                     assert track.trend is not None
-                    track.trend.update(t, _median_small(list(track.values)[-track.forecaster.median_window:]))
+                    # the first samples of new pods look back over a window they did not all serve in: a rate
+                    # ramps up over it (a start-up curve, no trend of the release), so the trend starts after it
+                    if key[3] is not Scope.NEW or t - track.first_time >= _range_seconds(spec.query):
+                        track.trend.update(t, _median_small(list(track.values)[-track.forecaster.median_window:]))
             track.last_time = float(times[-1])
         return track
 
@@ -372,6 +382,12 @@ class ForecastScorer:
                                   f"{score:.2f} >= {self.forest.threshold_:.2f}; {spec.name} deviates "
                                   f"{deviations[spec.name]:.1f} robust sd from healthy)"))
         return combined, note
+
+
+@lru_cache(maxsize=256)
+def _range_seconds(query: str) -> float:
+    """The longest range window of a PromQL query (0 without one: an instant gauge)."""
+    return max((parse_duration(m) for m in RANGE_WINDOW.findall(query)), default=0.0)
 
 
 def _fresh(series: Series) -> bool:
@@ -512,13 +528,52 @@ class _View:
         return _Evidence(1.0, self.now, head)
 
     # Evidence 2 ---------------------------------------------------------------------------------------------
+    def scatter(self, pods_new: int) -> float:
+        """The noise of one aligned new-minus-old difference: the scatter seen in old pods (their one-step sigma,
+        or their successive differences while it is not learnt yet) scaled to as few pods as the new pods have
+        (the sigma of a mean over pods shrinks as 1/sqrt(pods)), and never below what the new pods' own
+        forecaster has seen."""
+        old_track, new_track = self.tracks[Scope.OLD], self.tracks[Scope.NEW]
+        values = list(old_track.values)
+        diffs = [b - a for a, b in pairwise(values)]
+        successive = math.sqrt(sum(d * d for d in diffs) / (2 * len(diffs))) if diffs else 0.0
+        old_sigma = max(old_track.forecaster.sigma, successive)
+        old_pods = old_track.pods[-1] if old_track.pods else 0
+        per_pod = old_sigma * math.sqrt(max(old_pods, 1) / max(pods_new, 1))
+        return max(per_pod, new_track.forecaster.sigma, old_track.forecaster.min_sigma)
+
+    def held_margin(self, pairs: list[tuple[float, float, float]], margins: list[float],
+                    scatter: float) -> tuple[float, float, float]:
+        """(margin, its standard error, closing pace per second) of the projected
+        level beyond the threshold, `settle_seconds` after the latest sample. The margins' line (robust: the median
+        pairwise slope) is followed when it closes, never when it grows: a warm-up bump decays, a regression stays.
+        The standard error is a regression line's prediction error there, so two samples say little about a pace
+        and the first one only gives the level now (the next sample tells whether it closes)."""
+        n = len(pairs)
+        times = [t for t, _, _ in pairs]
+        if n < 2 or times[-1] <= times[0]:
+            return sum(margins) / n, scatter / math.sqrt(n), 0.0
+        slopes = [(margins[j] - margins[i]) / (times[j] - times[i])
+                  for i in range(n) for j in range(i + 1, n) if times[j] > times[i]]
+        closing = max(-_median(slopes), 0.0)
+        mean_t = sum(times) / n
+        sxx = sum((t - mean_t) ** 2 for t in times)
+        ahead = times[-1] + self.scorer.settle_seconds - mean_t
+        margin = sum(margins) / n - closing * ahead
+        return margin, scatter * math.sqrt(1.0 / n + ahead * ahead / sxx), closing
+
     def comparison(self, notes: list[str]) -> _Evidence | None:
-        """New pods against old pods at the same moments, projected to the whole Deployment."""
+        """New pods against old pods at the same moments, projected to the whole Deployment: a sequential test.
+        Each aligned sample adds one new-minus-old difference; the statistic is the smaller of the mean gap and the
+        margin of the projected level beyond the threshold held `settle_seconds` ahead (`held_margin`), in standard
+        errors from the scatter of old pods scaled to the new pods' count. A gap many times the scatter counts from
+        the first sample; a small one needs more samples; a gap that closes (warm-up) is held back. The risk is
+        NEW_POD_BREACH_RISK times the normal CDF of the statistic less RELEASE_Z."""
         scorer = self.scorer
         if not self.new_fresh or not self.old_fresh:
             return None
         new_track = self.tracks[Scope.NEW]
-        pairs = self.pairs(scorer.min_new_samples)
+        pairs = self.pairs(scorer.robust_samples)
         pods = new_track.pods[-1] if new_track.pods else 0
         if not self.enough_new_pods():
             notes.append(f"new pods abstained: {pods} new pod(s) < {scorer.min_new_pods}")
@@ -528,31 +583,37 @@ class _View:
             return None
         old_ref = self.old_ref()
         assert old_ref is not None
-        delta = _median([v - o for _, v, o in pairs])
+        gaps = [self.sign * (v - o) for _, v, o in pairs]
+        margins = [self.badness(old_ref + self.sign * g, Scope.NEW) for g in gaps]
+        if margins[-1] < 0 or not self.over(pairs[-1][1], Scope.NEW):
+            return None  # the latest sample is within the threshold: no persistent breach
+        n = len(pairs)
+        delta = self.sign * (sum(gaps) / n)
         per_new_pod = old_ref + delta
         projected = per_new_pod * self.rollout.desired_replicas if self.per_pod else per_new_pod
-        breached_pairs = sum(1 for _, v, _ in pairs if self.over(v, Scope.NEW))
-        effect = self.release_effect
-        if not self.over(per_new_pod, Scope.NEW) or not self.over(pairs[-1][1], Scope.NEW) or (
-                breached_pairs < len(pairs) - 1):
-            return None
         name, thr = self.spec.name, self.spec.threshold
         new_now = new_track.values[-1]
-        head = (f"{name}: new pods {new_now:.4g} vs old pods {old_ref:.4g} ({delta:+.4g} over {len(pairs)} "
-                f"samples, {pods} new pod(s)); with every pod new the deployment reaches {projected:.4g} {self.op} "
+        head = (f"{name}: new pods {new_now:.4g} vs old pods {old_ref:.4g} ({delta:+.4g} over {n} "
+                f"sample(s), {pods} new pod(s)); with every pod new the deployment reaches {projected:.4g} {self.op} "
                 f"{thr:g}")
+        effect = self.release_effect
         if self.over(old_ref, Scope.OLD) or (effect is not None and not effect[1]):
             return _Evidence(SHARED_CAUSE_RISK_CAP, self.now, f"{head}, but old pods are as bad (median "
                              f"{old_ref:.4g}): not this release")
-        if self.settles(Scope.NEW):
-            return _Evidence(SETTLING_RISK_CAP, None, f"{head}, but the new pods' forecast falls back below within "
-                             f"{format_duration(scorer.settle_seconds)}: warming up")
-        sigma = new_track.forecaster.sigma
-        confidence = _phi(self.badness(per_new_pod, Scope.NEW) / sigma) if sigma > 0 else 1.0
+        scatter = self.scatter(pods)
+        held, error, closing = self.held_margin(pairs, margins, scatter)
+        z = min(held, sum(gaps) / n) / error
+        confidence = _phi(z - RELEASE_Z)
         breach_at = self._mix_breach_time(new_now, old_ref)
         when = "now" if breach_at <= self.now else f"in {format_duration(breach_at - self.now)}"
-        return _Evidence(NEW_POD_BREACH_RISK * confidence, breach_at,
-                         f"{head} (breach {when} as the rollout proceeds, confidence {confidence:.2f})")
+        trend = f", closing by {closing * 60:.3g}/min" if closing > 0 else ""
+        reason = (f"{head}; margin held {format_duration(scorer.settle_seconds)} on {held:+.3g}{trend}: {z:.1f} "
+                  f"standard errors (scatter {scatter:.2g} per sample), confidence {confidence:.2f}")
+        if held <= 0:
+            return _Evidence(min(SETTLING_RISK_CAP, NEW_POD_BREACH_RISK * confidence), None,
+                             f"{reason}: the gap closes, back within the threshold by then: warming up")
+        return _Evidence(NEW_POD_BREACH_RISK * confidence, breach_at, f"{reason} (breach {when} as the rollout "
+                         f"proceeds)")
 
     def _mix_breach_time(self, new_value: float, old_value: float) -> float:
         """When the Deployment reaches the threshold assuming steady progress. Max/min aggregates follow the worst
@@ -607,8 +668,10 @@ class _View:
 
     def recurrence(self) -> _Evidence | None:
         """A count of events (restarts) that recurs in the new pods (at least `recurring_events` within the window,
-        on the last two samples) while old pods stay below one: the new pods crash again and again. One event (a
-        single restart, a counter reset) is no loop."""
+        on the last two samples) while old pods stay below one, and goes on: either the restarts keep new pods
+        from being ready (a crash loop: the kubelet backs off, the pod never serves), or the count still rises on
+        each of the last two samples. New pods that restarted a few times and serve again (counter resets, an
+        OOM kill or two) are worth an alert, not an action: one or two events are no loop."""
         if not self.counts_events or not self.new_fresh or self.spec.direction is not Direction.ABOVE:
             return None
         values = list(self.tracks[Scope.NEW].values)
@@ -617,16 +680,24 @@ class _View:
             return None
         name, thr = self.spec.name, self.spec.threshold
         old = self.old_ref()
+        rollout = self.rollout
+        unready = rollout.updated_replicas - rollout.ready_new_replicas
+        rising = len(values) >= 3 and values[-3] < values[-2] < values[-1]
         head = (f"{name}: new pods {values[-1]:.4g} (>= {needed:g} events on the last 2 samples: recurring) while "
-                f"old pods {_fmt(old)}; threshold {thr:g}: a count is not extrapolated, a recurring one goes on")
+                f"old pods {_fmt(old)}; threshold {thr:g}: a count is not extrapolated")
         if old is not None and old >= 1.0:
             return _Evidence(SHARED_CAUSE_RISK_CAP, None, f"{head}, but old pods restart too: not this release")
         if old is None:
             shared = self.shared_note()
             if shared:
                 return _Evidence(SHARED_CAUSE_RISK_CAP, None, f"{head}; {shared}")
-        return _Evidence(NEW_POD_BREACH_RISK, None, f"{head} (P(breach within {format_duration(self.horizon)}) "
-                         f"= {NEW_POD_BREACH_RISK:.2f})")
+        if unready <= 0 and not rising:
+            return _Evidence(SETTLING_RISK_CAP, None, f"{head}; every new pod is ready and the count no longer "
+                             f"rises: restarts the pods recovered from, no loop")
+        why = (f"{unready} of {rollout.updated_replicas} new pod(s) not ready: a crash loop" if unready > 0 else
+               f"still rising ({values[-3]:.4g}, {values[-2]:.4g}, {values[-1]:.4g})")
+        return _Evidence(NEW_POD_BREACH_RISK, None, f"{head}; {why}, it goes on (P(breach within "
+                         f"{format_duration(self.horizon)}) = {NEW_POD_BREACH_RISK:.2f})")
 
     def forecasts(self) -> list[_Evidence | None]:
         found: list[_Evidence | None] = []
