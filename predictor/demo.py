@@ -12,7 +12,6 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from predictor.config import Config, MetricSpec, PolicyConfig, Target, default_metric_pack, format_duration
-from predictor.detectors.trend import ThresholdTrendScorer
 from predictor.domain import (
     ANNOTATION_ACTED_REVISION,
     ANNOTATION_ACTION,
@@ -26,6 +25,7 @@ from predictor.domain import (
 )
 from predictor.engine import Engine
 from predictor.ports import ActionResult
+from predictor.scoring import build_scorer
 from predictor.simulate import SimulatedRollout
 
 
@@ -129,11 +129,11 @@ def run_demo(
     start = start if start is not None else float(int(datetime(2026, 1, 1, 12, tzinfo=UTC).timestamp()))
     sims = list(rollouts) if rollouts is not None else demo_rollouts(start, seed)
     cluster = SimulatedCluster(sims)
-    engine = Engine(config, rollouts=cluster, metrics=cluster, actuator=cluster, notifier=cluster,
-                    scorer=ThresholdTrendScorer())
+    scorer, _ = build_scorer(config, scorer=config.models.scorer)
+    engine = Engine(config, rollouts=cluster, metrics=cluster, actuator=cluster, notifier=cluster, scorer=scorer)
     interval = config.policy.interval_seconds
     emit(f"predictor demo: {len(sims)} simulated rollouts, policy action={config.policy.action}, "
-         f"tick {interval:g}s, horizon {format_duration(config.policy.horizon_seconds)}")
+         f"scorer {config.models.scorer}, tick {interval:g}s, horizon {format_duration(config.policy.horizon_seconds)}")
     for sim in sims:
         emit(f"  {sim.ref}: {sim.replicas} replicas, one pod replaced every {sim.step_seconds:g}s, "
              f"release {sim.kind.replace('_', ' ')}")
