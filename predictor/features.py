@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from predictor.domain import DeploymentRef, Observation, Scope
+from predictor.domain import DeploymentRef, Observation, RolloutState, Scope
 
 SeriesKey = tuple[DeploymentRef, int, str, Scope]
 
@@ -123,3 +123,22 @@ def fit_trend(series: Series, now: float, window_seconds: float, min_points: int
     t_stat = (math.inf if slope != 0 else 0.0) if stderr == 0.0 else slope / stderr
     span = float(times[-1] - times[0])
     return Trend(level=level, slope=slope, t_stat=t_stat, points=int(times.size), span_seconds=span)
+
+
+def mix_breach_time(threshold: float, new_value: float, old_value: float, rollout: RolloutState, now: float) -> float:
+    """When the traffic-weighted mix of new and old pods reaches `threshold`, if the rollout keeps its pace.
+
+    The Deployment's value is about progress x new + (1 - progress) x old; the share of new pods it needs is found,
+    then the time steady progress takes to reach it. A paused or not yet started rollout is given as long again as
+    it has run.
+    """
+    if new_value == old_value:
+        return now
+    share_needed = (threshold - old_value) / (new_value - old_value)
+    progress = rollout.progress
+    if share_needed <= progress:
+        return now
+    elapsed = max(now - rollout.started_at, 1.0)
+    if progress <= 0 or rollout.paused:
+        return now + elapsed
+    return rollout.started_at + elapsed * share_needed / progress

@@ -50,7 +50,7 @@ from predictor.detectors.forecast import DampedTrendForecaster, LocalTrend, Tren
 from predictor.detectors.forest import RolloutIsolationForest
 from predictor.detectors.trend import SHARED_CAUSE_RISK_CAP
 from predictor.domain import Assessment, DeploymentRef, Direction, RolloutState, Scope
-from predictor.features import MetricHistory, Series
+from predictor.features import MetricHistory, Series, mix_breach_time
 
 DEFAULT_LIVE_PARAMS: Mapping[str, float] = {"alpha": 0.3, "beta": 0.05, "phi": 0.96}
 """Smoothing parameters of a series without a trained forecaster: quick to follow a regression within a few
@@ -623,16 +623,9 @@ class _View:
             (spec.aggregate == "max" and spec.direction is Direction.ABOVE)
             or (spec.aggregate == "min" and spec.direction is Direction.BELOW)
         )
-        if extreme or new_value == old_value:
+        if extreme:
             return now
-        share_needed = (self.limit(Scope.NEW) - old_value) / (new_value - old_value)
-        progress = rollout.progress
-        if share_needed <= progress:
-            return now
-        elapsed = max(now - rollout.started_at, 1.0)
-        if progress <= 0 or rollout.paused:
-            return now + elapsed
-        return rollout.started_at + elapsed * share_needed / progress
+        return mix_breach_time(self.limit(Scope.NEW), new_value, old_value, rollout, now)
 
     # Evidence 3 ---------------------------------------------------------------------------------------------
     def _breach_risk(self, scope: Scope) -> tuple[float, TrendForecast] | None:

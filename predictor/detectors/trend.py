@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from predictor.config import MetricSpec, format_duration
 from predictor.domain import Assessment, Direction, RolloutState, Scope
-from predictor.features import MetricHistory, Series, Trend, fit_trend
+from predictor.features import MetricHistory, Series, Trend, fit_trend, mix_breach_time
 
 SHARED_CAUSE_RISK_CAP = 0.5
 """Risk given to a breach that old pods show too: worth an alert, not an action on this rollout."""
@@ -99,7 +99,7 @@ class ThresholdTrendScorer:
                 found.append(_Evidence(SHARED_CAUSE_RISK_CAP, now, f"{spec.name}: new pods {_fmt(new.last)} {op} "
                                        f"{spec.threshold:g} but old pods too ({_fmt(old_now)})"))
             else:
-                breach_at = self._mix_breach_time(spec, new.last, old_now, rollout, now)
+                breach_at = now if old_now is None else mix_breach_time(spec.threshold, new.last, old_now, rollout, now)
                 found.append(_Evidence(
                     0.95, breach_at,
                     f"{spec.name}: new pods {_fmt(new.last)} {op} {spec.threshold:g} while old pods "
@@ -107,22 +107,6 @@ class ThresholdTrendScorer:
                     f"(breach in {format_duration(breach_at - now)})",
                 ))
         return found
-
-    @staticmethod
-    def _mix_breach_time(
-        spec: MetricSpec, new_value: float, old_value: float | None, rollout: RolloutState, now: float
-    ) -> float:
-        """When the traffic-weighted mix of new and old pods reaches the threshold, assuming steady progress."""
-        if old_value is None or new_value == old_value:
-            return now
-        share_needed = (spec.threshold - old_value) / (new_value - old_value)
-        progress = rollout.progress
-        if share_needed <= progress:
-            return now
-        elapsed = max(now - rollout.started_at, 1.0)
-        if progress <= 0 or rollout.paused:
-            return now + elapsed
-        return rollout.started_at + elapsed * share_needed / progress
 
     def _trend(
         self, spec: MetricSpec, new: Series, old: Series, rollout: RolloutState, now: float, horizon: float
