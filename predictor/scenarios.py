@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from predictor.domain import DeploymentRef, RolloutState, Scope
+from predictor.domain import DeploymentRef, RolloutState
 from predictor.simulate import NEW_HASH, OLD_HASH, SCENARIO_KINDS, PodBaseline, SimulatedRollout
 
 SeriesMap = dict[str, list[tuple[float, float]]]
@@ -309,17 +309,6 @@ class ScenarioRollout(SimulatedRollout):
             low, high = ranges[metric]
             return low + (high - low) * float(rng.random())
         return value + base * 0.16 * noise  # 0.08 + 0.16 = three times the siblings' noise
-
-    def breach_time(self, metric: str, threshold: float, until: float, step: float = 5.0) -> float | None:
-        """When the Deployment-level value would first reach `threshold` had nobody intervened."""
-        ghost = replace(self, paused_at=None, undone_at=None, annotations={})
-        t = self.start
-        while t <= until:
-            value, _ = ghost.scope_value(metric, Scope.DEPLOYMENT, t)
-            if value is not None and math.isfinite(value) and value >= threshold:
-                return t
-            t += step
-        return None
 
 
 def _noise_rng(seed: int, pod: int, t: float, metric: str, new: bool) -> np.random.Generator:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -134,8 +134,7 @@ class SimulatedRollout:
 
     def breach_time(self, metric: str, threshold: float, until: float, step: float = 5.0) -> float | None:
         """When the Deployment-level value would first reach `threshold` had nobody intervened."""
-        ghost = SimulatedRollout(self.ref, self.kind, self.start, self.replicas, self.step_seconds,
-                                 self.warmup_seconds, self.seed, self.baseline)
+        ghost = replace(self, paused_at=None, undone_at=None, annotations={})
         t = self.start
         while t <= until:
             value, _ = ghost.scope_value(metric, Scope.DEPLOYMENT, t)
