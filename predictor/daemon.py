@@ -203,7 +203,7 @@ def build_daemon(config: Config) -> Daemon:
     from predictor.actuators.kubernetes import KubernetesActuator
     from predictor.alerting import AlertmanagerNotifier, LoggingNotifier
     from predictor.config import ConfigError
-    from predictor.kube import build_api_client
+    from predictor.kube import KubeConfigError, build_api_client
     from predictor.leader import LeaderElectionConfig, LeaderElectionConfigError, LeaderElector
     from predictor.rollouts.kubernetes import KubernetesRolloutSource
     from predictor.scoring import build_scorer
@@ -213,7 +213,10 @@ def build_daemon(config: Config) -> Daemon:
         election = LeaderElectionConfig.from_env()
     except LeaderElectionConfigError as exc:
         raise ConfigError([str(exc)], "environment") from exc
-    api_client = build_api_client(config.kubernetes)
+    try:
+        api_client = build_api_client(config.kubernetes)
+    except KubeConfigError as exc:
+        raise ConfigError([str(exc)], "kubernetes credentials") from exc
     rollouts = KubernetesRolloutSource(api_client, config.targets)
     metrics = PrometheusMetricSource(config.prometheus)
     clock = SystemClock()

@@ -28,3 +28,15 @@ def test_backtest_rejects_an_empty_window(tmp_path: Path, capsys: pytest.Capture
     code = main(["backtest", "--config", str(config), "--start", "-1h", "--end", "-2h", "--output",
                  str(tmp_path / "out.jsonl")])
     assert code == 2 and "expected start < end" in capsys.readouterr().err
+
+
+def test_run_without_kubernetes_credentials_stops_at_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    config = tmp_path / "c.yaml"
+    config.write_text("targets:\n  - namespace: shop\n")
+    assert main(["run", "--config", str(config)]) == 2
+    assert "kubernetes.kubeconfig: cannot load the default kubeconfig" in capsys.readouterr().err
