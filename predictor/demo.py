@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from predictor.config import Config, MetricSpec, PolicyConfig, Target, default_metric_pack, format_duration
@@ -208,6 +208,3 @@ def _describe(o: DemoOutcome, start: float) -> str:
         lead = "no breach would have happened (a false alarm)"
     return f"{o.ref} ({what}): {o.action} at {when}, {lead}"
 
-
-def replace_policy(config: Config, **changes: object) -> Config:
-    return replace(config, policy=replace(config.policy, **changes))  # type: ignore[arg-type]

@@ -105,7 +105,7 @@ class Engine:
                 continue
             if successor is None:
                 del self.memory[ref]
-                ended = policy_rules.retire(memory, now)
+                ended = policy_rules.retire(memory)
             else:
                 self.memory[ref], ended = policy_rules.succeed(memory, successor)
             resolved.extend(ended)

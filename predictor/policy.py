@@ -61,8 +61,8 @@ def in_scope(rollout: RolloutState, now: float, policy: PolicyConfig) -> bool:
     return rollout.completed_at is None or now - rollout.completed_at <= policy.bake_seconds
 
 
-def retire(memory: RolloutMemory, now: float) -> tuple[Alert, ...]:
-    """A revision left scope (completed its bake, was undone or replaced): its alerts resolve."""
+def retire(memory: RolloutMemory) -> tuple[Alert, ...]:
+    """A Deployment left scope (its rollout baked, or it is no longer targeted): its alerts resolve."""
     return memory.alerts
 
 
