@@ -129,7 +129,7 @@ class PolicyConfig:
     dry_run: bool = False
     bake_seconds: float = 600.0
     """How long a completed rollout stays watched."""
-    horizon_seconds: float = 600.0
+    horizon_seconds: float = 1800.0
     """How far ahead a predicted breach counts."""
     interval_seconds: float = 15.0
     """Tick period."""
@@ -499,7 +499,7 @@ def parse_config(raw: Any, source: str = "config") -> Config:
     mdl = reader.section(raw, "models", "", ("dir", "reload", "scorer"))
 
     interval = reader.duration(pol, "interval", "policy", 15.0)
-    horizon = reader.duration(pol, "horizon", "policy", 600.0)
+    horizon = reader.duration(pol, "horizon", "policy", 1800.0)
     lookback = reader.duration(pol, "lookback", "policy", 600.0)
     if lookback < 4 * interval:
         reader.error("policy.lookback", f"expected at least 4 ticks of history ({4 * interval:g}s), got {lookback:g}s")
