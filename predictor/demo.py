@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 
 from predictor.config import Config, MetricSpec, PolicyConfig, Target, default_metric_pack, format_duration
 from predictor.domain import (
+    ACTION_SEVERITY,
     ANNOTATION_ACTED_REVISION,
     ANNOTATION_ACTION,
     ANNOTATION_REASON,
@@ -56,8 +57,10 @@ class SimulatedCluster:
     # Actuator
     def apply(self, decision: Decision, rollout: RolloutState) -> ActionResult:
         sim = self.rollouts[rollout.ref]
-        if sim.annotations.get(ANNOTATION_ACTED_REVISION) == str(decision.revision):
-            return ActionResult(False, "already acted on this revision")
+        recorded = sim.annotations.get(ANNOTATION_ACTION, Action.NONE.value)
+        if sim.annotations.get(ANNOTATION_ACTED_REVISION) == str(decision.revision) and (
+                ACTION_SEVERITY[Action(recorded)] >= ACTION_SEVERITY[decision.action]):
+            return ActionResult(False, "already acted on this revision")  # a pause may still become an undo
         self.actions.append((decision.time, decision))
         sim.annotations.update({
             ANNOTATION_ACTED_REVISION: str(decision.revision),
@@ -89,6 +92,8 @@ class DemoOutcome:
     """When the Deployment would have breached its SLO had nobody acted; None for a healthy release."""
     breach_metric: str | None
     reason: str
+    escalated_at: float | None = None
+    """When our pause was escalated to an undo (`policy.action: undo`, the risk holding at undo_threshold)."""
 
     @property
     def lead_seconds(self) -> float | None:
@@ -187,10 +192,11 @@ def _outcomes(
                 breach_at, breach_metric = when, spec.name
         acted = [d for _, d in cluster.actions if d.ref == sim.ref]
         first = acted[0] if acted else None
+        escalation = acted[1] if len(acted) > 1 and acted[1].action is Action.UNDO else None
         outcomes.append(DemoOutcome(
             ref=sim.ref, kind=sim.kind, action=first.action if first else Action.NONE,
             acted_at=first.time if first else None, breach_at=breach_at, breach_metric=breach_metric,
-            reason=first.reason if first else "",
+            reason=first.reason if first else "", escalated_at=escalation.time if escalation else None,
         ))
     return outcomes
 
@@ -206,5 +212,6 @@ def _describe(o: DemoOutcome, start: float) -> str:
                 if o.lead_seconds >= 0 else f"{format_duration(-o.lead_seconds)} AFTER the breach")
     else:
         lead = "no breach would have happened (a false alarm)"
-    return f"{o.ref} ({what}): {o.action} at {when}, {lead}"
+    then = f", undo at t+{format_duration(o.escalated_at - start)}" if o.escalated_at is not None else ""
+    return f"{o.ref} ({what}): {o.action} at {when}, {lead}{then}"
 

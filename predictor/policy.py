@@ -2,12 +2,14 @@
 
 Per Deployment revision the memory moves watching -> at risk -> acted. Rules, in order:
 1. At most one action per revision, also across restarts: the Deployment's `predictor.io/acted-revision`
-   annotation counts as acted, and a person who resumes a paused rollout is not overruled.
+   annotation counts as acted, and a person who resumes a paused rollout is not overruled. The one exception
+   is rule 3's escalation.
 2. Hysteresis: risk must reach `risk_threshold` on `consecutive_ticks` ticks in a row; a clear tick resets
    the count, an unknown tick neither counts nor resets.
 3. Graded by confidence: risk at `alert_threshold` only alerts (severity warning); at `risk_threshold` the
    rollout is paused; the configured `undo` needs `undo_threshold` while the rollout still runs (after it
-   completed a pause would stop nothing, so undo it is).
+   completed a pause would stop nothing, so undo it is). A rollout we paused, still paused, is undone once its
+   risk holds at `undo_threshold` for `consecutive_ticks` (the pause bought time; the evidence is now sure).
 4. Unknown data never acts by itself; after `blind_after_ticks` unknown ticks in a row the rollout is reported
    blind (an alert, or a pause when `blind_action: pause`), never undone.
 5. A rollback (the current ReplicaSet is an older template brought back) is never undone again: at most alerted.
@@ -42,6 +44,8 @@ class RolloutMemory:
     warn_ticks: int = 0
     clear_ticks: int = 0
     unknown_ticks: int = 0
+    undo_ticks: int = 0
+    """Ticks in a row at `undo_threshold`: what escalates our pause to an undo."""
     acted: Action = Action.NONE
     acted_at: float | None = None
     breach_alert: Alert | None = None
@@ -94,6 +98,13 @@ def _chosen_action(rollout: RolloutState, risk: float, policy: PolicyConfig) -> 
     if action is Action.PAUSE and rollout.completed_at is not None:
         return action, " (the rollout is complete: a pause stops nothing; `action: undo` would roll it back)"
     return action, ""
+
+
+def _escalates(memory: RolloutMemory, rollout: RolloutState, policy: PolicyConfig) -> bool:
+    """Whether our pause of this revision may still become an undo: `action: undo`, the rollout still paused
+    (a person who resumed it has decided), and something to roll back to."""
+    return (memory.acted is Action.PAUSE and policy.action is Action.UNDO and (rollout.paused or policy.dry_run)
+            and not rollout.is_rollback and rollout.previous_revision is not None)
 
 
 def _top(assessments: Sequence[Assessment]) -> Assessment | None:
@@ -174,8 +185,9 @@ def decide(
     risk_ticks = memory.risk_ticks + 1 if at_risk else 0
     warn_ticks = memory.warn_ticks + 1 if warned else 0
     clear_ticks = 0 if warned else memory.clear_ticks + 1
+    undo_ticks = memory.undo_ticks + 1 if top.risk >= policy.undo_threshold else 0
     memory = replace(memory, unknown_ticks=0, blind_alert=None, risk_ticks=risk_ticks, warn_ticks=warn_ticks,
-                     clear_ticks=clear_ticks)
+                     clear_ticks=clear_ticks, undo_ticks=undo_ticks)
     figures = (f"risk {top.risk:.2f} (threshold {policy.risk_threshold:.2f}, "
                f"{risk_ticks}/{policy.consecutive_ticks} ticks)")
     confirmed = policy.consecutive_ticks
@@ -186,6 +198,14 @@ def decide(
     elif warn_ticks >= confirmed or (memory.breach_alert is not None and warned):
         acted = memory.phase is Phase.ACTED
         memory = replace(memory, breach_alert=_breach_alert(rollout, top, now, memory.breach_alert, acted))
+
+    if memory.phase is Phase.ACTED and _escalates(memory, rollout, policy) and undo_ticks >= confirmed:
+        since = f" {format_duration(now - memory.acted_at)} ago" if memory.acted_at is not None else ""
+        memory = replace(memory, acted=Action.UNDO, acted_at=now,
+                         breach_alert=_breach_alert(rollout, top, now, memory.breach_alert, True))
+        reason = (f"undo (escalated: paused{since}, the risk now holds at undo_threshold "
+                  f"{policy.undo_threshold:.2f} for {undo_ticks}/{confirmed} ticks): {top.reason}; risk {top.risk:.2f}")
+        return tick.decision(memory, Action.UNDO, top.risk, reason, resolved)
 
     if memory.phase is Phase.ACTED:
         reason = f"already acted ({memory.acted}) on revision {rollout.revision}; {top.reason}; {figures}"

@@ -143,3 +143,17 @@ def test_demo_reports_actions_before_breach_and_spares_the_healthy_release() -> 
 def test_demo_with_pause_action() -> None:
     outcomes = run_demo(config=replace(demo_config(Action.PAUSE)), emit=lambda _: None)
     assert {o.action for o in outcomes if o.kind != "healthy"} == {Action.PAUSE}
+    assert all(o.escalated_at is None for o in outcomes)
+
+
+def test_a_pause_escalates_to_one_undo_when_the_risk_becomes_sure() -> None:
+    # the error regression is paused on its first confident ticks, then undone once the risk holds at
+    # undo_threshold: two actions on the Deployment, the undo still before the breach
+    lines: list[str] = []
+    (regression,) = [o for o in run_demo(emit=lines.append) if o.kind == "error_regression"]
+    assert regression.action is Action.PAUSE and regression.acted_at is not None
+    assert regression.escalated_at is not None and regression.breach_at is not None
+    assert regression.acted_at < regression.escalated_at < regression.breach_at
+    acted = [line for line in lines if "ACTION" in line and "shop/checkout" in line]
+    assert [line.split("ACTION ")[1].split()[0] for line in acted] == ["PAUSE", "UNDO"]
+    assert "undo (escalated: paused" in acted[1]

@@ -175,6 +175,44 @@ def test_graded_by_confidence() -> None:
     assert actions(decisions) == ["none", "undo"]
 
 
+def run_states(ticks: list[tuple[float, RolloutState]], policy: PolicyConfig = POLICY):
+    memory: RolloutMemory | None = None
+    decisions = []
+    for tick, (value, state) in enumerate(ticks):
+        memory, decision = decide(memory, state, [risk(value)], float(tick * 15), policy)
+        decisions.append(decision)
+    return memory, decisions
+
+
+def test_our_pause_escalates_to_an_undo_once_the_risk_holds_at_undo_threshold() -> None:
+    paused = rollout(paused=True)
+    ticks = [(0.8, rollout()), (0.8, rollout()), (0.8, paused), (0.95, paused), (0.95, paused), (0.99, paused)]
+    memory, decisions = run_states(ticks)
+    assert actions(decisions) == ["none", "pause", "none", "none", "undo", "none"]
+    assert "escalated: paused 45s ago" in decisions[4].reason and "2/2 ticks" in decisions[4].reason
+    assert memory is not None and memory.acted is Action.UNDO
+    # one tick at undo_threshold between others below it is no confirmation
+    _, decisions = run_states([(0.8, rollout()), (0.8, rollout()), (0.95, paused), (0.8, paused), (0.95, paused)])
+    assert actions(decisions) == ["none", "pause", "none", "none", "none"]
+
+
+def test_a_pause_does_not_escalate_when_resumed_configured_as_pause_or_after_a_restart_unpaused() -> None:
+    resumed = [(0.8, rollout()), (0.8, rollout()), (0.95, rollout()), (0.95, rollout()), (0.95, rollout())]
+    assert actions(run_states(resumed)[1]) == ["none", "pause", "none", "none", "none"]
+    paused = rollout(paused=True)
+    pause_only = replace(POLICY, action=Action.PAUSE)
+    ticks = [(0.8, rollout()), (0.8, rollout()), (0.95, paused), (0.95, paused)]
+    assert actions(run_states(ticks, pause_only)[1]) == ["none", "pause", "none", "none"]
+    # after a restart the annotation says we paused; the Deployment, still paused, is undone when sure
+    recorded = rollout(paused=True, annotations={ANNOTATION_ACTED_REVISION: "2", ANNOTATION_ACTION: "pause"})
+    _, decisions = run([0.95, 0.95, 0.95], state=recorded)
+    assert actions(decisions) == ["none", "undo", "none"]
+    assert "escalated: paused, " in decisions[1].reason
+    # a rollback is never undone, paused or not
+    rollback = replace(recorded, is_rollback=True)
+    assert actions(run([0.95, 0.95], state=rollback)[1]) == ["none", "none"]
+
+
 def test_completed_rollout_is_undone_without_full_confidence() -> None:
     _, decisions = run([0.8, 0.8], state=rollout(completed_at=0.0, updated_replicas=4, old_replicas=0))
     assert actions(decisions) == ["none", "undo"]
