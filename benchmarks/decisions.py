@@ -613,6 +613,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="shards run at once, one Prometheus each")
     parser.add_argument("--shards", type=int, default=None, help="Prometheus servers (default: --workers)")
     parser.add_argument("--kinds", default=",".join(BAD_KINDS + HEALTHY_KINDS), help="comma-separated kinds")
+    parser.add_argument("--only", default=None, metavar="N,N,...",
+                        help="run only these scenario numbers of the plan (as in --details), to look into them")
     parser.add_argument("--output", type=Path, default=DEFAULT_RESULTS)
     parser.add_argument("--details", type=Path, default=None, help="JSON Lines: one object per rollout")
     parser.add_argument("--keep", default=None, help="keep the Prometheus data under this directory")
@@ -640,6 +642,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     window_start = math.floor(now / 7200) * 7200 - 4 * 7200.0  # 2h-aligned, in the past: backfill wants that
     window_end = window_start + PRE_ROLLOUT_SECONDS + STAGGER_SECONDS + EVALUATION_SECONDS
     planned = plan(args.count, args.seed, kinds, shards, window_start)
+    if args.only:
+        wanted = {int(n) for n in args.only.split(",")}
+        planned = [[p for p in shard if p.number in wanted] for shard in planned]
     started = time.monotonic()
     jobs = [(p, window_start, window_end, prometheus, promtool, args.scorer, args.keep, policy_overrides)
             for p in planned if p]
