@@ -5,7 +5,7 @@ clean-room scorer (default `../shared/tools/nab_score.py`), and prints the norma
 profiles (standard, reward_low_FP_rate, reward_low_FN_rate), the standard score per category and the wall time
 of the detector run. Run from the project root:
 
-    python benchmarks/run_nab.py [DATA] [--out DIR] [--workers 2] [--scorer PATH] [--json FILE]
+    python benchmarks/run_nab.py [DATA] [--out DIR] [--workers 2] [--scorer PATH] [--json FILE] [--params JSON]
 
 Without --out the scored CSVs go to a temporary folder, removed afterwards. docs/NAB.md has the results.
 """
@@ -46,13 +46,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--scorer", default=str(ROOT.parent / "shared" / "tools" / "nab_score.py"))
     ap.add_argument("--json", help="also write the scorer's numbers and the timing to this file")
+    ap.add_argument(
+        "--params", type=json.loads, default=None,
+        help='detector parameters as a JSON object, e.g. \'{"alarm_refractory": 0}\' (default: the defaults)',
+    )  # fmt: skip
     args = ap.parse_args(argv)
 
     data, scorer = Path(args.data).resolve(), Path(args.scorer).resolve()
     with tempfile.TemporaryDirectory(prefix="nab-") as tmp:
         out = Path(args.out).resolve() if args.out else Path(tmp) / "results"
         start = time.perf_counter()
-        written = run_nab(data, out, workers=args.workers)
+        written = run_nab(data, out, workers=args.workers, params=args.params)
         wall = time.perf_counter() - start
         report = score(data, out, scorer, Path(tmp) / "scores.json")
 
@@ -74,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         summary = {
             "wall_seconds": wall,
             "workers": args.workers,
+            "params": args.params,
             "files": len(written),
             "rows": rows,
             "profiles": {name: report["profiles"][name]["normalized"] for name in PROFILES},

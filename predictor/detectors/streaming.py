@@ -29,8 +29,16 @@ Benchmark):
    multiplied by `suppress_factor`, so that the rest of an episode (the decay of a spike, the plateau after a
    step) does not raise the alarm again.
 
-5. **Score.** score = F / (F + `half_evidence`), in [0, 1): 0.5 means `half_evidence` decades of combined
-   surprise. The map is monotone and the same for every series, so one threshold means one level of evidence.
+5. **Alarm and refractory period.** The detector raises an alarm when the (suppressed) evidence reaches
+   `half_evidence`, i.e. when the score reaches 0.5. For the next `alarm_refractory` samples the evidence is
+   multiplied by `suppress_factor` again, so a rising episode (evidence 13, 14, 16, 18, ... over a few
+   samples, each a new maximum) gives one alarm instead of one per sample, while a new maximum at twice
+   the alarm level still alarms. NAB, like an operator, counts only the first detection of an event; later
+   ones are false positives when they fall outside the labelled window.
+
+6. **Score.** score = F / (F + `half_evidence`), in [0, 1): 0.5 means `half_evidence` decades of combined
+   surprise and is the alarm level. The map is monotone and the same for every series, so one threshold means
+   one level of evidence.
 
 NaN and infinite values get the score 0 and leave the state untouched; the first values score 0 until the
 statistics have `min_history` values of history. There is no randomness.
@@ -47,7 +55,7 @@ from typing import Any
 
 import numpy as np
 
-STATE_FORMAT = 1
+STATE_FORMAT = 2
 """Version of the dict written by `get_state`; `from_state` refuses other versions."""
 
 _LOG10_MIN_P = 300.0  # -log10 of the smallest p-value we report (keeps F finite)
@@ -157,8 +165,10 @@ class StreamingAnomalyDetector:
     max_shape: upper bound of the generalised Pareto shape.
     fusion_decay: weight ratio between successive surprises in decreasing order.
     suppress_window: samples during which an evidence not above the recent maximum is damped.
-    suppress_factor: the damping factor.
-    half_evidence: evidence (decades) that maps to the score 0.5.
+    suppress_factor: the damping factor (of the suppression and of the refractory period).
+    half_evidence: evidence (decades) that maps to the score 0.5, the alarm level.
+    alarm_refractory: samples after an alarm during which the evidence is damped by `suppress_factor`
+        (0: no refractory period).
     """
 
     def __init__(
@@ -178,7 +188,8 @@ class StreamingAnomalyDetector:
         fusion_decay: float = 0.85,
         suppress_window: int = 100,
         suppress_factor: float = 0.5,
-        half_evidence: float = 15.0,
+        half_evidence: float = 13.25,
+        alarm_refractory: int = 10,
     ) -> None:
         self.scales = scales
         self.baseline_window = baseline_window
@@ -195,6 +206,7 @@ class StreamingAnomalyDetector:
         self.suppress_window = suppress_window
         self.suppress_factor = suppress_factor
         self.half_evidence = half_evidence
+        self.alarm_refractory = alarm_refractory
 
     # Parameters ---------------------------------------------------------------------------------------------
     _PARAMS = (
@@ -213,6 +225,7 @@ class StreamingAnomalyDetector:
         "suppress_window",
         "suppress_factor",
         "half_evidence",
+        "alarm_refractory",
     )
 
     def get_params(self, deep: bool = True) -> dict[str, Any]:
@@ -250,6 +263,8 @@ class StreamingAnomalyDetector:
             raise ValueError("fusion_decay and suppress_factor must be in [0, 1]")
         if int(self.suppress_window) < 0 or float(self.half_evidence) <= 0.0:
             raise ValueError("suppress_window >= 0 and half_evidence > 0 required")
+        if int(self.alarm_refractory) < 0:
+            raise ValueError("alarm_refractory must be >= 0")
         if float(self.season_period) < 0.0 or float(self.season_tolerance) < 0.0:
             raise ValueError("season_period and season_tolerance must be >= 0")
 
@@ -278,6 +293,7 @@ class StreamingAnomalyDetector:
         self.tails_ = {name: _Tail(int(self.max_history)) for name in self._feature_names()}
         self.recent_evidence_: deque[tuple[int, float]] = deque()  # (index, F) with decreasing F
         self.last_evidence_ = 0.0
+        self.last_alarm_: int | None = None  # sample index (n_) of the last alarm
         self.last_surprises_: dict[str, float] = {}
         return self
 
@@ -445,19 +461,26 @@ class StreamingAnomalyDetector:
         return 1e-9 * max(abs(vals[-1]), abs(vals[0]), 1e-300) if vals else 1e-300
 
     def _suppress_and_score(self, evidence: float) -> float:
+        """Damp the repeats of an episode (steps 4 and 5 of the module docstring) and map to [0, 1)."""
         recent = self.recent_evidence_
         i = self.n_
         window = int(self.suppress_window)
+        factor = float(self.suppress_factor)
+        half = float(self.half_evidence)
         while recent and recent[0][0] < i - window:
             recent.popleft()
         previous_max = recent[0][1] if recent else -1.0
-        reported = evidence if evidence > previous_max else evidence * float(self.suppress_factor)
+        reported = evidence if evidence > previous_max else evidence * factor
         if window > 0:
             while recent and recent[-1][1] <= evidence:
                 recent.pop()
             recent.append((i, evidence))
+        if self.last_alarm_ is not None and i - self.last_alarm_ <= int(self.alarm_refractory):
+            reported *= factor  # refractory period: the episode has already raised its alarm
+        elif reported >= half:
+            self.last_alarm_ = i
         self.last_evidence_ = reported
-        return reported / (reported + float(self.half_evidence))
+        return reported / (reported + half)
 
     # Persistence --------------------------------------------------------------------------------------------
     def get_state(self) -> dict[str, Any]:
@@ -481,6 +504,7 @@ class StreamingAnomalyDetector:
                 },
                 "recent_evidence": [[i, f] for i, f in self.recent_evidence_],
                 "last_evidence": self.last_evidence_,
+                "last_alarm": self.last_alarm_,
             },
         }
 
@@ -511,6 +535,7 @@ class StreamingAnomalyDetector:
                 tail.srt = array("d", sorted(tail.hist))
             det.recent_evidence_.extend((int(i), float(f)) for i, f in st["recent_evidence"])
             det.last_evidence_ = float(st["last_evidence"])
+            det.last_alarm_ = None if st["last_alarm"] is None else int(st["last_alarm"])
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"detector state: bad or missing field ({exc!r})") from exc
         return det

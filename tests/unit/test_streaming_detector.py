@@ -47,6 +47,21 @@ def test_spike_and_level_shift_score_above_the_normal_part():
     assert scores[1800] > 0.5 and normal.max() < 0.5
 
 
+def test_one_alarm_per_episode_then_a_refractory_period():
+    # two spikes a few samples apart, the second larger: one event for NAB (and an operator), so one alarm
+    t, x = noisy(2400, seed=1)
+    x[1800] += 12.0
+    x[1804] += 13.0
+    scores = StreamingAnomalyDetector().score_series(t, x)
+    assert scores[1800] >= 0.5 and scores[1804] < 0.5
+    without = StreamingAnomalyDetector(alarm_refractory=0).score_series(t, x)
+    np.testing.assert_array_equal(without[:1801], scores[:1801])
+    assert without[1804] >= 0.5  # a new maximum of the evidence: only the refractory period holds it back
+    # a much stronger event still alarms inside the refractory period
+    x[1806] += 60.0
+    assert StreamingAnomalyDetector().score_series(t, x)[1806] >= 0.5
+
+
 def test_a_recurring_daily_pattern_stops_being_anomalous():
     # a square wave: the daily jump is a surprise at first, then a known pattern
     t = 1.7e9 + STEP * np.arange(288 * 10)
@@ -121,7 +136,7 @@ def test_no_look_ahead_prefix_scores_equal_the_first_scores_of_the_whole(values,
     assert np.all((whole >= 0.0) & (whole < 1.0))
 
 
-@pytest.mark.parametrize("cut", [0, 50, 700, 1999])
+@pytest.mark.parametrize("cut", [0, 50, 700, 1503, 1999])  # 1503: inside the refractory period
 def test_save_and_restore_mid_stream_continues_identically(cut):
     t, x = noisy(2000, seed=6)
     x[1500] += 15.0
