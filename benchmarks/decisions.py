@@ -71,6 +71,9 @@ from predictor.scenarios import BAD_KINDS, HEALTHY_KINDS, ScenarioRollout, rando
 from predictor.sources.prometheus import PrometheusClient, PrometheusMetricSource  # noqa: E402
 
 STEP_SECONDS = 15.0
+WINDOW_START = 1_789_999_200.0
+"""The data's first sample (2026-09-21T14:00Z): fixed, 2h-aligned and in the past (backfill wants that), so that a
+rerun replays the very same samples (the simulator's noise is a function of time)."""
 PRE_ROLLOUT_SECONDS = 12 * 60.0
 """Data before the earliest rollout: room for predict_linear's 10 minutes and for revision 1 to leave the bake."""
 STAGGER_SECONDS = 10 * 60.0
@@ -279,7 +282,8 @@ def benchmark_config(url: str, namespaces: Iterable[str], policy: Mapping[str, s
     return parse_config(raw, "benchmark")
 
 
-def make_scorer(name: str) -> Scorer:
+def make_scorer(name: str, params: Mapping[str, float] | None = None) -> Scorer:
+    """The scorer the benchmark replays; `params` are ForecastScorer keyword arguments (e.g. flatten_z)."""
     if name == "trend":
         from predictor.detectors.trend import ThresholdTrendScorer
 
@@ -288,7 +292,7 @@ def make_scorer(name: str) -> Scorer:
         from predictor.detectors.rollout_scorer import ForecastScorer  # type: ignore[import-not-found,unused-ignore]
     except ImportError as exc:
         raise SystemExit(f"decisions: --scorer forecast needs predictor.detectors.rollout_scorer: {exc}") from exc
-    scorer: Scorer = ForecastScorer(step_seconds=STEP_SECONDS)  # untrained: its default live parameters
+    scorer: Scorer = ForecastScorer(step_seconds=STEP_SECONDS, **(params or {}))  # untrained: default live parameters
     return scorer
 
 
@@ -380,14 +384,14 @@ def linear(
     return None, None
 
 
-ShardJob = tuple[list[Planned], float, float, str, str, str, str | None, dict[str, str]]
+ShardJob = tuple[list[Planned], float, float, str, str, str, str | None, dict[str, str], dict[str, float]]
 """(scenarios, data start, data end, prometheus, promtool, scorer name, directory to keep the data in or None,
-policy keys replaced)"""
+policy keys replaced, scorer parameters)"""
 
 
 def run_shard(args: ShardJob) -> tuple[list[Outcome], dict[str, float]]:
     """Backfill one Prometheus with a shard's scenarios, replay the predictor over it and evaluate the baselines."""
-    planned, window_start, window_end, prometheus, promtool, scorer_name, keep, policy_overrides = args
+    planned, window_start, window_end, prometheus, promtool, scorer_name, keep, policy_overrides, scorer_params = args
     logging.basicConfig(level=logging.ERROR)
     timings: dict[str, float] = {}
     workdir = Path(tempfile.mkdtemp(prefix="decisions-", dir=keep))
@@ -415,7 +419,7 @@ def run_shard(args: ShardJob) -> tuple[list[Outcome], dict[str, float]]:
         decisions = replay(
             config, rollouts=KubeStateMetricsRolloutSource(config.prometheus, config.targets),
             metrics=PrometheusMetricSource(config.prometheus), start=backtest_start, end=window_end,
-            step_seconds=STEP_SECONDS, scorer=make_scorer(scorer_name),
+            step_seconds=STEP_SECONDS, scorer=make_scorer(scorer_name, scorer_params),
         )
         timings["predictor_s"] = time.monotonic() - clock
         _progress(f"shard of {len(planned)}: predictor replay done in {timings['predictor_s']:.0f} s")
@@ -622,6 +626,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--promtool", default=None)
     parser.add_argument("--policy", action="append", default=[], metavar="KEY=VALUE",
                         help="replace a key of the default policy, as in the config file (e.g. horizon=10m)")
+    parser.add_argument("--scorer-param", action="append", default=[], metavar="NAME=NUMBER",
+                        help="a ForecastScorer parameter (e.g. flatten_z=2), to measure what it trades")
     args = parser.parse_args(argv)
     policy_overrides = dict(item.partition("=")[::2] for item in args.policy)
     if any(not key or not value for key, value in policy_overrides.items()):
@@ -634,19 +640,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = [k for k in kinds if k not in BAD_KINDS + HEALTHY_KINDS]
     if unknown or args.count < 1 or args.workers < 1:
         parser.error(f"--kinds: unknown {unknown}; --count and --workers must be positive")
-    if args.scorer == "forecast":
-        make_scorer("forecast")  # fail early when the module is missing
+    try:
+        scorer_params = {name: int(value) if value.isdigit() else float(value)
+                         for name, _, value in (p.partition("=") for p in args.scorer_param)}
+        if scorer_params and args.scorer != "forecast":
+            raise ValueError("only the forecast scorer takes parameters")
+        make_scorer(args.scorer, scorer_params)  # a bad name or value fails here, before any work
+    except (TypeError, ValueError) as exc:
+        parser.error(f"--scorer-param: {exc}")
     prometheus, promtool = binary("prometheus", args.prometheus), binary("promtool", args.promtool)
     shards = args.shards or args.workers
-    now = time.time()
-    window_start = math.floor(now / 7200) * 7200 - 4 * 7200.0  # 2h-aligned, in the past: backfill wants that
+    window_start = WINDOW_START
     window_end = window_start + PRE_ROLLOUT_SECONDS + STAGGER_SECONDS + EVALUATION_SECONDS
     planned = plan(args.count, args.seed, kinds, shards, window_start)
     if args.only:
         wanted = {int(n) for n in args.only.split(",")}
         planned = [[p for p in shard if p.number in wanted] for shard in planned]
     started = time.monotonic()
-    jobs = [(p, window_start, window_end, prometheus, promtool, args.scorer, args.keep, policy_overrides)
+    jobs = [(p, window_start, window_end, prometheus, promtool, args.scorer, args.keep, policy_overrides,
+             scorer_params)
             for p in planned if p]
     with multiprocessing.get_context("spawn").Pool(min(args.workers, len(jobs))) as pool:
         results = pool.map(run_shard, jobs)
