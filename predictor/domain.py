@@ -116,6 +116,9 @@ class Observation:
     error: str | None = None
     pods: int = 0
     """How many pods contributed; 0 when unknown."""
+    traffic: float | None = None
+    """The scope's traffic when the metric is a ratio: its summed denominator (requests/s for an error ratio), known
+    even when too low for the ratio itself. The scorer tells a rise that follows the load from one that does not."""
 
     @property
     def known(self) -> bool:

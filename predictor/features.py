@@ -45,6 +45,7 @@ class MetricHistory:
     def __init__(self, lookback_seconds: float) -> None:
         self.lookback_seconds = lookback_seconds
         self._samples: dict[SeriesKey, deque[tuple[float, float | None, int, str | None]]] = {}
+        self._traffic: dict[tuple[DeploymentRef, int], deque[tuple[float, float]]] = {}
 
     def add(self, revision: int, observations: Iterable[Observation]) -> None:
         for obs in observations:
@@ -57,6 +58,13 @@ class MetricHistory:
             horizon = obs.time - self.lookback_seconds
             while buffer and buffer[0][0] < horizon:
                 buffer.popleft()
+            if obs.scope is Scope.DEPLOYMENT and obs.traffic is not None and math.isfinite(obs.traffic):
+                # one traffic series per Deployment: the first ratio metric that reports it at a time
+                traffic = self._traffic.setdefault((obs.ref, revision), deque())
+                if not traffic or obs.time > traffic[-1][0]:
+                    traffic.append((obs.time, obs.traffic))
+                while traffic and traffic[0][0] < horizon:
+                    traffic.popleft()
 
     def series(self, ref: DeploymentRef, revision: int, metric: str, scope: Scope) -> Series:
         buffer = self._samples.get((ref, revision, metric, scope))
@@ -74,10 +82,20 @@ class MetricHistory:
         times, values, pods = zip(*known, strict=True)
         return Series(np.array(times), np.array(values, dtype=float), np.array(pods), trailing_unknown, last_error)
 
+    def traffic(self, ref: DeploymentRef, revision: int) -> tuple[np.ndarray, np.ndarray]:
+        """(times, requests/s) of the Deployment's traffic, oldest first: a ratio metric's summed denominator."""
+        buffer = self._traffic.get((ref, revision))
+        if not buffer:
+            return np.empty(0), np.empty(0)
+        times, values = zip(*buffer, strict=True)
+        return np.array(times), np.array(values, dtype=float)
+
     def forget(self, ref: DeploymentRef, keep_revision: int | None = None) -> None:
         """Drop the history of a Deployment (all revisions but `keep_revision`)."""
         for key in [k for k in self._samples if k[0] == ref and k[1] != keep_revision]:
             del self._samples[key]
+        for key in [k for k in self._traffic if k[0] == ref and k[1] != keep_revision]:
+            del self._traffic[key]
 
     def refs(self) -> set[tuple[DeploymentRef, int]]:
         return {(k[0], k[1]) for k in self._samples}

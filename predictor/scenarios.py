@@ -239,6 +239,12 @@ class ScenarioRollout(SimulatedRollout):
         ramp = min(1.0, into / surge.ramp_seconds, (surge.seconds - into) / surge.ramp_seconds)
         return 1.0 + (surge.factor - 1.0) * max(ramp, 0.0)
 
+    def traffic(self, metric: str, pods: int, t: float) -> float | None:
+        """Requests/s of `pods` pods for the error ratio (its denominator): every pod serves the same share."""
+        if metric != "error_ratio" or pods == 0:
+            return None
+        return self.requests_per_second * self.load(t) * pods
+
     # Restarts -----------------------------------------------------------------------------------------------
     def restart_count(self, new: bool, index: int, t: float) -> int:
         """The container's restart counter at `t` (crash loop and counter resets)."""

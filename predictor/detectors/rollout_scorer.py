@@ -27,8 +27,9 @@ a tick costs the same whatever the age of the rollout. Four kinds of evidence, t
 
 Evidence that old pods share (a traffic surge, a slow dependency) is capped at SHARED_CAUSE_RISK_CAP: the release
 is not its cause. Once no old pod is left (the bake after completion), a breach or forecast counts only if the new
-pods were worse than old pods the last time both ran: a surge that comes after the last old pod left is felt by
-every pod at once and is not attributable to the release. Old pods are summarised by the median of their recent
+pods were worse than old pods the last time both ran, and the Deployment's traffic (a ratio metric's denominator,
+`MetricHistory.traffic`) has not risen by `traffic_rise` within the trend's memory: a surge that comes after the
+last old pod left is felt by every pod at once and is not attributable to the release. Old pods are summarised by the median of their recent
 samples, so one noisy old pod (or one scrape) does not flip the comparison. Unknown samples (scrape gaps, too
 little traffic) are skipped; the running median inside each forecaster takes out single outliers such as counter
 resets.
@@ -44,6 +45,8 @@ from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
 from itertools import pairwise
 from typing import Any
+
+import numpy as np
 
 from predictor.config import MetricSpec, format_duration, parse_duration
 from predictor.detectors.forecast import DampedTrendForecaster, LocalTrend, TrendForecast, _median_small
@@ -138,6 +141,9 @@ class ForecastScorer:
       default `policy.lookback`).
     - `flatten_z`: standard errors of the curvature by which a rise is assumed to flatten (0: straight lines).
     - `recurring_events`: events (restarts) of the new pods within a count's window that make a loop.
+    - `traffic_rise`: once no old pod is left, a rise of the Deployment's traffic (a ratio metric's denominator)
+      by this share within `trend_memory_seconds` makes a breach or trend follow the load, not the release
+      (default 0.25; None: no traffic check).
     - `urgency_discount` weighs a breach at the horizon this much less than one now (default 0: the risk is the
       probability of a breach within the horizon).
     """
@@ -163,6 +169,7 @@ class ForecastScorer:
         trend_memory_seconds: float = 600.0,
         flatten_z: float = 3.0,
         recurring_events: int = 2,
+        traffic_rise: float | None = 0.25,
     ) -> None:
         self.step_seconds = step_seconds
         self.forecasters = dict(forecasters or {})
@@ -182,6 +189,7 @@ class ForecastScorer:
         self.trend_memory_seconds = trend_memory_seconds
         self.flatten_z = flatten_z
         self.recurring_events = recurring_events
+        self.traffic_rise = traffic_rise
         self._validate()
         self._default = DampedTrendForecaster.from_params(
             alpha=self.default_params["alpha"], beta=self.default_params["beta"], phi=self.default_params["phi"],
@@ -210,6 +218,8 @@ class ForecastScorer:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name}: expected 0..1, got {value!r}")
+        if self.traffic_rise is not None and not (self.traffic_rise > 0 and math.isfinite(self.traffic_rise)):
+            raise ValueError(f"traffic_rise: expected a positive share or None, got {self.traffic_rise!r}")
         if self.settle_seconds < 0:
             raise ValueError(f"settle_seconds: expected >= 0, got {self.settle_seconds!r}")
         if not (self.trend_memory_seconds > 0 and math.isfinite(self.trend_memory_seconds)):
@@ -249,7 +259,8 @@ class ForecastScorer:
             cause = dep.last_error or new.last_error or "no samples yet"
             return Assessment(**base, risk=0.0, value=None, unknown=True, reason=f"{spec.name}: no data ({cause})")
         value = dep.last if dep_fresh else new.last
-        view = _View(spec, rollout, now, horizon_seconds, self, tracks, dep_fresh, new_fresh, old_fresh)
+        view = _View(spec, rollout, now, horizon_seconds, self, tracks, dep_fresh, new_fresh, old_fresh,
+                     history.traffic(ref, revision))
         evidence: list[_Evidence] = []
         notes: list[str] = []
         effect = view.release_effect
@@ -407,6 +418,8 @@ class _View:
     dep_fresh: bool
     new_fresh: bool
     old_fresh: bool
+    traffic: tuple[np.ndarray, np.ndarray]
+    """(times, requests/s) of the Deployment's traffic (`MetricHistory.traffic`), possibly empty."""
     risks: dict[Scope, tuple[float, TrendForecast] | None] = field(default_factory=dict)
 
     @property
@@ -501,13 +514,32 @@ class _View:
         effect = self.release_effect
         if effect is None:
             if self.scorer._attributed.get((self.rollout.ref, self.rollout.revision, self.spec.name), False):
-                return None
+                return self.load_note()
             return ("no old pod left to compare with, and the new pods were no worse than old pods when last "
                     "compared: a change since (traffic, a dependency) is not attributable to this release")
         if effect[1]:
             return None
         return (f"new pods are no worse than old pods at the same moments (median difference {effect[0]:+.3g}): "
                 f"not caused by this release")
+
+    def load_note(self) -> str | None:
+        """Why a rise follows the load: the Deployment's traffic (median of its last 3 samples) is `traffic_rise`
+        or more above its lowest (median of 3) within `trend_memory_seconds`. A surge is felt by every pod; once
+        no old pod is left to compare with, it is the only witness that the release did not cause the rise."""
+        rise = self.scorer.traffic_rise
+        times, values = self.traffic
+        if rise is None:
+            return None
+        recent = values[times >= self.now - self.scorer.trend_memory_seconds]
+        if recent.size < 4:
+            return None
+        medians = [_median(recent[i:i + 3].tolist()) for i in range(recent.size - 2)]
+        lowest, now = min(medians), medians[-1]
+        if not (lowest > 0 and now >= lowest * (1.0 + rise)):
+            return None
+        return (f"the Deployment's traffic rose {now / lowest - 1.0:.0%} ({lowest:.3g} -> {now:.3g} requests/s) "
+                f"within {format_duration(self.scorer.trend_memory_seconds)}: a rise that follows the load, with no "
+                f"old pod left to compare with, is not attributable to this release")
 
     # Evidence 1 ---------------------------------------------------------------------------------------------
     def current(self) -> _Evidence | None:

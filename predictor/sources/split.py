@@ -143,6 +143,8 @@ class ScopeValue:
     value: float | None
     pods: int
     error: str | None = None
+    traffic: float | None = None
+    """A ratio's summed denominator (see `Observation.traffic`)."""
 
 
 def _is_finite(value: float) -> bool:
@@ -213,8 +215,8 @@ def combine_ratio(
     note = f"ignored {dropped} pod(s) with NaN/Inf values" if dropped else None
     if den_sum < limit:
         error = f"too little traffic: denominator {den_sum:.6g} < {limit:.6g} (min_denominator) over {pods} pod(s)"
-        return ScopeValue(None, pods, f"{error}; {note}" if note else error)
-    return ScopeValue(math.fsum(num_total) / den_sum, pods, note)
+        return ScopeValue(None, pods, f"{error}; {note}" if note else error, traffic=den_sum)
+    return ScopeValue(math.fsum(num_total) / den_sum, pods, note, traffic=den_sum)
 
 
 def bucket_quantile(q: float, buckets: Iterable[tuple[float, float]]) -> float:
@@ -373,7 +375,7 @@ def split_observations(
             observations.append(
                 Observation(
                     ref=rollout.ref, metric=spec.name, scope=scope, time=at, value=result.value, error=error,
-                    pods=result.pods if result.value is not None else 0,
+                    pods=result.pods if result.value is not None else 0, traffic=result.traffic,
                 )
             )
     return observations

@@ -483,6 +483,52 @@ def test_two_restarts_of_a_new_pod_that_serves_again_are_no_loop_unless_the_coun
     assert assessments[-1].risk >= RISK and "still rising" in assessments[-1].reason
 
 
+def test_the_history_keeps_one_traffic_series_per_deployment_revision() -> None:
+    history = MetricHistory(lookback_seconds=60.0)
+    for i in range(6):
+        t = START + i * STEP
+        for metric, traffic in (("error_ratio", 10.0 + i), ("other_ratio", 99.0)):  # the first one at a time wins
+            history.add(2, [Observation(REF, metric, Scope.DEPLOYMENT, t, 0.01, pods=2, traffic=traffic),
+                            Observation(REF, metric, Scope.NEW, t, 0.01, pods=1, traffic=1000.0)])
+    times, values = history.traffic(REF, 2)
+    assert (times - START).tolist() == [15.0, 30.0, 45.0, 60.0, 75.0]  # the lookback: 60 s before the last
+    assert values.tolist() == [11.0, 12.0, 13.0, 14.0, 15.0]
+    assert history.traffic(REF, 1)[0].size == 0
+    history.forget(REF)
+    assert history.traffic(REF, 2)[0].size == 0
+
+
+def test_a_rise_after_the_last_old_pod_left_that_follows_the_traffic_is_not_the_release_s() -> None:
+    """New pods worse than old pods while both ran, then every pod's CPU climbs: the release's, unless the
+    Deployment's traffic rose with it (a surge after the rollout: alert at most)."""
+    def state(t: float) -> RolloutState:
+        done = t >= START + 8 * STEP
+        return replace(_rolling(t, new=8 if done else 2, old=0 if done else 6),
+                       completed_at=START + 8 * STEP if done else None)
+
+    rows = [(0.4, 0.5 + 0.01 * i, 0.4) for i in range(8)] + [(0.4 + 0.03 * i, 0.4 + 0.03 * i, None)
+                                                              for i in range(1, 20)]
+
+    def risks(traffic: Callable[[int], float]) -> list[Assessment]:
+        history, scorer, out = MetricHistory(HORIZON), ForecastScorer(step_seconds=STEP), []
+        for i, (dep, new, old) in enumerate(rows):
+            t = START + i * STEP
+            history.add(2, [Observation(REF, CPU.name, scope, t, value, pods=2,
+                                        traffic=traffic(i) if scope is Scope.DEPLOYMENT else None)
+                            for scope, value in ((Scope.DEPLOYMENT, dep), (Scope.NEW, new), (Scope.OLD, old))])
+            out.append(scorer.assess(state(t), CPU, history, t, HORIZON))
+        return out
+
+    flat = risks(lambda i: 100.0 + (i % 3))
+    assert max(a.risk for a in flat[8:]) >= RISK
+    surge = risks(lambda i: 100.0 if i < 8 else 100.0 + 8.0 * (i - 7))  # +25% after 3 ticks of the climb
+    late = surge[8:]
+    assert max(a.risk for a in late) < RISK
+    assert any("traffic rose" in a.reason and "requests/s" in a.reason for a in late if a.risk > 0)
+    first_capped = next(i for i, a in enumerate(late) if "traffic rose" in a.reason)
+    assert first_capped >= 2  # +8, +16: below the 25% rise; it takes the median of 3 samples to see it
+
+
 def test_a_rise_after_the_last_old_pod_left_is_not_the_release_s_unless_it_was_worse_before() -> None:
     """New pods as good as old pods while both ran, then every pod's CPU climbs (a surge): alert at most."""
     def state(t: float) -> RolloutState:

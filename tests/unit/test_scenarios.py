@@ -16,6 +16,7 @@ from predictor.scenarios import (
     BAD_KINDS,
     BUCKETS,
     HEALTHY_KINDS,
+    REQUESTS_PER_SECOND,
     CachePlateau,
     CounterReset,
     NoisyPod,
@@ -290,6 +291,10 @@ def test_a_traffic_surge_is_felt_by_old_and_new_pods_alike() -> None:
         assert rollout.pod_value("latency_p99", new, age, peak, pod) > 2 * rollout.baseline.latency_p99 * 0.85
         assert rollout.pod_value("cpu_limit_ratio", new, age, peak, pod) > 2.4 * 0.35 * 0.85
     assert rollout.load(START + 150) == pytest.approx(1 + 2 * 0.5)  # ramping up over a minute
+    # the in-memory observations carry the error ratio's denominator, as the Prometheus source does
+    peak_traffic, calm_traffic = (rollout.traffic("error_ratio", 4, t) for t in (peak, calm))
+    assert peak_traffic == pytest.approx(3 * calm_traffic) and calm_traffic == pytest.approx(4 * REQUESTS_PER_SECOND)
+    assert rollout.traffic("latency_p99", 4, peak) is None and rollout.traffic("error_ratio", 0, peak) is None
 
 
 def test_one_noisy_old_pod() -> None:

@@ -171,6 +171,8 @@ def test_ratio_sums_numerators_and_denominators_per_scope() -> None:
     assert obs[Scope.NEW].value == pytest.approx(0.5 / 10.0) and obs[Scope.NEW].pods == 2
     assert obs[Scope.OLD].value == pytest.approx(0.1 / 10.0) and obs[Scope.OLD].pods == 1
     assert obs[Scope.DEPLOYMENT].value == pytest.approx(0.6 / 20.0) and obs[Scope.DEPLOYMENT].pods == 3
+    # the denominator's sum is the scope's traffic (the scorer tells a load-driven rise by it)
+    assert [obs[s].traffic for s in (Scope.DEPLOYMENT, Scope.NEW, Scope.OLD)] == [20.0, 10.0, 10.0]
 
 
 @pytest.mark.parametrize(
@@ -181,6 +183,7 @@ def test_ratio_with_too_little_traffic_is_unknown(den: float, min_den: float, kn
     requests = [PodSample("shop", "web-n3w-aaaaa", den)]
     obs = by_scope(split_observations(spec(denominator="d", min_denominator=min_den), [rollout()], [], AT, requests))
     assert obs[Scope.NEW].known is known
+    assert obs[Scope.NEW].traffic == den  # known even when too little for the ratio
     if known:
         assert obs[Scope.NEW].value == 0.0
     else:
