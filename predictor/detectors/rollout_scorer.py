@@ -29,10 +29,10 @@ Evidence that old pods share (a traffic surge, a slow dependency) is capped at S
 is not its cause. Once no old pod is left (the bake after completion), a breach or forecast counts only if the new
 pods were worse than old pods the last time both ran, and the Deployment's traffic (a ratio metric's denominator,
 `MetricHistory.traffic`) has not risen by `traffic_rise` within the trend's memory: a surge that comes after the
-last old pod left is felt by every pod at once and is not attributable to the release. Old pods are summarised by the median of their recent
-samples, so one noisy old pod (or one scrape) does not flip the comparison. Unknown samples (scrape gaps, too
-little traffic) are skipped; the running median inside each forecaster takes out single outliers such as counter
-resets.
+last old pod left is felt by every pod at once and is not attributable to the release. Old pods are summarised by
+the median of their recent samples, so one noisy old pod (or one scrape) does not flip the comparison. Unknown
+samples (scrape gaps, too little traffic) are skipped; the running median inside each forecaster takes out single
+outliers such as counter resets.
 """
 
 from __future__ import annotations
@@ -527,9 +527,9 @@ class _View:
         or more above its lowest (median of 3) within `trend_memory_seconds`. A surge is felt by every pod; once
         no old pod is left to compare with, it is the only witness that the release did not cause the rise."""
         rise = self.scorer.traffic_rise
-        times, values = self.traffic
         if rise is None:
             return None
+        times, values = self.traffic
         recent = values[times >= self.now - self.scorer.trend_memory_seconds]
         if recent.size < 4:
             return None
