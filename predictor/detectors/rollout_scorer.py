@@ -26,10 +26,11 @@ a tick costs the same whatever the age of the rollout. Four kinds of evidence, t
    predicted breach: a cache filling up is unusual too); `forest_weight` > 0 lets it raise a forecast.
 
 Evidence that old pods share (a traffic surge, a slow dependency) is capped at SHARED_CAUSE_RISK_CAP: the release
-is not its cause. Once no old pod is left (the bake after completion), a breach or forecast counts only if the new
-pods were worse than old pods the last time both ran, and the Deployment's traffic (a ratio metric's denominator,
-`MetricHistory.traffic`) has not risen by `traffic_rise` within the trend's memory: a surge that comes after the
-last old pod left is felt by every pod at once and is not attributable to the release. Old pods are summarised by
+is not its cause. Once no old pod is left (the bake after completion), a breach or forecast counts unless the
+Deployment's traffic (a ratio metric's denominator, `MetricHistory.traffic`) rose by `traffic_rise` within the
+trend's memory: a surge that comes after the last old pod left is felt by every pod at once and is not
+attributable to the release, while a leak too young to show while old pods ran is. With no traffic series to tell
+by, it counts only if the new pods were worse than old pods the last time both ran. Old pods are summarised by
 the median of their recent samples, so one noisy old pod (or one scrape) does not flip the comparison. Unknown
 samples (scrape gaps, too little traffic) are skipped; the running median inside each forecaster takes out single
 outliers such as counter resets.
@@ -513,25 +514,30 @@ class _View:
         """Why a breach is not this release's, or None when it is (or cannot be told apart)."""
         effect = self.release_effect
         if effect is None:
-            if self.scorer._attributed.get((self.rollout.ref, self.rollout.revision, self.spec.name), False):
+            worse_before = self.scorer._attributed.get((self.rollout.ref, self.rollout.revision, self.spec.name), False)
+            if worse_before or self.recent_traffic().size >= 4:
                 return self.load_note()
-            return ("no old pod left to compare with, and the new pods were no worse than old pods when last "
-                    "compared: a change since (traffic, a dependency) is not attributable to this release")
+            return ("no old pod left to compare with, the new pods were no worse than old pods when last compared, "
+                    "and no traffic to tell a surge by: a change since is not attributable to this release")
         if effect[1]:
             return None
         return (f"new pods are no worse than old pods at the same moments (median difference {effect[0]:+.3g}): "
                 f"not caused by this release")
+
+    def recent_traffic(self) -> np.ndarray:
+        """The Deployment's traffic (requests/s) within `trend_memory_seconds`; empty without `traffic_rise`."""
+        if self.scorer.traffic_rise is None:
+            return np.empty(0)
+        times, values = self.traffic
+        return values[times >= self.now - self.scorer.trend_memory_seconds]
 
     def load_note(self) -> str | None:
         """Why a rise follows the load: the Deployment's traffic (median of its last 3 samples) is `traffic_rise`
         or more above its lowest (median of 3) within `trend_memory_seconds`. A surge is felt by every pod; once
         no old pod is left to compare with, it is the only witness that the release did not cause the rise."""
         rise = self.scorer.traffic_rise
-        if rise is None:
-            return None
-        times, values = self.traffic
-        recent = values[times >= self.now - self.scorer.trend_memory_seconds]
-        if recent.size < 4:
+        recent = self.recent_traffic()
+        if rise is None or recent.size < 4:
             return None
         medians = [_median(recent[i:i + 3].tolist()) for i in range(recent.size - 2)]
         lowest, now = min(medians), medians[-1]

@@ -18,6 +18,7 @@ from predictor.demo import SimulatedCluster, demo_config
 from predictor.detectors.forecast import DampedTrendForecaster
 from predictor.detectors.forest import RolloutIsolationForest, feature_names, history_features
 from predictor.detectors.rollout_scorer import ForecastScorer
+from predictor.detectors.trend import SHARED_CAUSE_RISK_CAP
 from predictor.domain import Action, Assessment, DeploymentRef, Observation, RolloutState, Scope
 from predictor.engine import Engine
 from predictor.features import MetricHistory
@@ -498,16 +499,17 @@ def test_the_history_keeps_one_traffic_series_per_deployment_revision() -> None:
     assert history.traffic(REF, 2)[0].size == 0
 
 
-def test_a_rise_after_the_last_old_pod_left_that_follows_the_traffic_is_not_the_release_s() -> None:
-    """New pods worse than old pods while both ran, then every pod's CPU climbs: the release's, unless the
-    Deployment's traffic rose with it (a surge after the rollout: alert at most)."""
+@pytest.mark.parametrize("worse_before", [True, False])
+def test_a_rise_after_the_last_old_pod_left_that_follows_the_traffic_is_not_the_release_s(worse_before: bool) -> None:
+    """Every pod's CPU climbs once the rollout completed (a leak too young to show while old pods ran, or new pods
+    already worse then): the release's, unless the Deployment's traffic rose with it (a surge: alert at most)."""
     def state(t: float) -> RolloutState:
         done = t >= START + 8 * STEP
         return replace(_rolling(t, new=8 if done else 2, old=0 if done else 6),
                        completed_at=START + 8 * STEP if done else None)
 
-    rows = [(0.4, 0.5 + 0.01 * i, 0.4) for i in range(8)] + [(0.4 + 0.03 * i, 0.4 + 0.03 * i, None)
-                                                              for i in range(1, 20)]
+    before = [(0.4, 0.5 + 0.01 * i, 0.4) if worse_before else (0.4, 0.4 + 0.002 * (i % 2), 0.4) for i in range(8)]
+    rows = before + [(0.4 + 0.03 * i, 0.4 + 0.03 * i, None) for i in range(1, 20)]
 
     def risks(traffic: Callable[[int], float]) -> list[Assessment]:
         history, scorer, out = MetricHistory(HORIZON), ForecastScorer(step_seconds=STEP), []
@@ -520,13 +522,14 @@ def test_a_rise_after_the_last_old_pod_left_that_follows_the_traffic_is_not_the_
         return out
 
     flat = risks(lambda i: 100.0 + (i % 3))
-    assert max(a.risk for a in flat[8:]) >= RISK
-    surge = risks(lambda i: 100.0 if i < 8 else 100.0 + 8.0 * (i - 7))  # +25% after 3 ticks of the climb
+    assert _first_acting_tick(flat[8:]) is not None
+    surge = risks(lambda i: 100.0 if i < 8 else 100.0 + 8.0 * (i - 7))  # +8% a tick from the climb's start
     late = surge[8:]
-    assert max(a.risk for a in late) < RISK
+    assert _first_acting_tick(late) is None  # at most one tick at acting risk before the rise shows
     assert any("traffic rose" in a.reason and "requests/s" in a.reason for a in late if a.risk > 0)
     first_capped = next(i for i, a in enumerate(late) if "traffic rose" in a.reason)
     assert first_capped >= 2  # +8, +16: below the 25% rise; it takes the median of 3 samples to see it
+    assert all(a.risk <= SHARED_CAUSE_RISK_CAP for a in late[first_capped:])
 
 
 def test_a_rise_after_the_last_old_pod_left_is_not_the_release_s_unless_it_was_worse_before() -> None:
