@@ -515,7 +515,7 @@ class _View:
         effect = self.release_effect
         if effect is None:
             worse_before = self.scorer._attributed.get((self.rollout.ref, self.rollout.revision, self.spec.name), False)
-            if worse_before or self.recent_traffic().size >= 4:
+            if worse_before or self.recent_traffic().size >= 5:
                 return self.load_note()
             return ("no old pod left to compare with, the new pods were no worse than old pods when last compared, "
                     "and no traffic to tell a surge by: a change since is not attributable to this release")
@@ -533,14 +533,16 @@ class _View:
 
     def load_note(self) -> str | None:
         """Why a rise follows the load: the Deployment's traffic (median of its last 3 samples) is `traffic_rise`
-        or more above its lowest (median of 3) within `trend_memory_seconds`. A surge is felt by every pod; once
-        no old pod is left to compare with, it is the only witness that the release did not cause the rise."""
+        or more above its lowest level within `trend_memory_seconds` (median of 5 samples: while pods are
+        replaced, the rate of a pod younger than its rate window under-counts, a dip of a sample or two that is no
+        level). A surge is felt by every pod; once no old pod is left to compare with, it is the only witness
+        that the release did not cause the rise."""
         rise = self.scorer.traffic_rise
-        recent = self.recent_traffic()
-        if rise is None or recent.size < 4:
+        recent = self.recent_traffic().tolist()
+        if rise is None or len(recent) < 5:
             return None
-        medians = [_median(recent[i:i + 3].tolist()) for i in range(recent.size - 2)]
-        lowest, now = min(medians), medians[-1]
+        lowest = min(_median(recent[i:i + 5]) for i in range(len(recent) - 4))
+        now = _median(recent[-3:])
         if not (lowest > 0 and now >= lowest * (1.0 + rise)):
             return None
         return (f"the Deployment's traffic rose {now / lowest - 1.0:.0%} ({lowest:.3g} -> {now:.3g} requests/s) "

@@ -523,6 +523,9 @@ def test_a_rise_after_the_last_old_pod_left_that_follows_the_traffic_is_not_the_
 
     flat = risks(lambda i: 100.0 + (i % 3))
     assert _first_acting_tick(flat[8:]) is not None
+    # while pods are replaced, young pods' rates under-count: the traffic dips and recovers, which is no surge
+    churn = [47.0, 41.1, 45.0, 37.2, 44.9, 37.1, 44.9, 43.0]  # as Prometheus gave it for a 3-replica rollout
+    assert _first_acting_tick(risks(lambda i: churn[i] if i < len(churn) else 46.9)[8:]) is not None
     surge = risks(lambda i: 100.0 if i < 8 else 100.0 + 8.0 * (i - 7))  # +8% a tick from the climb's start
     late = surge[8:]
     assert _first_acting_tick(late) is None  # at most one tick at acting risk before the rise shows
