@@ -66,6 +66,8 @@ RELEASE_Z = 2.0
 new-versus-old test's confidence is the normal CDF of its statistic less this many standard errors."""
 NEGLIGIBLE_PROBABILITY = 1e-6
 """Below this bound of the breach probability a forecast is not computed step by step."""
+TRAFFIC_BASELINE_SAMPLES = 5
+"""The traffic's lowest level is a median over this many samples, and the traffic test needs as many."""
 NEW_POD_BREACH_RISK = 0.95
 """Risk of a persisted, release-specific breach of the new pods (times the confidence of the margin)."""
 
@@ -515,7 +517,7 @@ class _View:
         effect = self.release_effect
         if effect is None:
             worse_before = self.scorer._attributed.get((self.rollout.ref, self.rollout.revision, self.spec.name), False)
-            if worse_before or self.recent_traffic().size >= 5:
+            if worse_before or len(self.recent_traffic) >= TRAFFIC_BASELINE_SAMPLES:
                 return self.load_note()
             return ("no old pod left to compare with, the new pods were no worse than old pods when last compared, "
                     "and no traffic to tell a surge by: a change since is not attributable to this release")
@@ -524,12 +526,13 @@ class _View:
         return (f"new pods are no worse than old pods at the same moments (median difference {effect[0]:+.3g}): "
                 f"not caused by this release")
 
-    def recent_traffic(self) -> np.ndarray:
+    @cached_property
+    def recent_traffic(self) -> list[float]:
         """The Deployment's traffic (requests/s) within `trend_memory_seconds`; empty without `traffic_rise`."""
         if self.scorer.traffic_rise is None:
-            return np.empty(0)
+            return []
         times, values = self.traffic
-        return values[times >= self.now - self.scorer.trend_memory_seconds]
+        return values[times >= self.now - self.scorer.trend_memory_seconds].tolist()
 
     def load_note(self) -> str | None:
         """Why a rise follows the load: the Deployment's traffic (median of its last 3 samples) is `traffic_rise`
@@ -537,13 +540,12 @@ class _View:
         replaced, the rate of a pod younger than its rate window under-counts, a dip of a sample or two that is no
         level). A surge is felt by every pod; once no old pod is left to compare with, it is the only witness
         that the release did not cause the rise."""
-        rise = self.scorer.traffic_rise
-        recent = self.recent_traffic().tolist()
-        if rise is None or len(recent) < 5:
+        recent, span = self.recent_traffic, TRAFFIC_BASELINE_SAMPLES
+        if self.scorer.traffic_rise is None or len(recent) < span:
             return None
-        lowest = min(_median(recent[i:i + 5]) for i in range(len(recent) - 4))
+        lowest = min(_median(recent[i:i + span]) for i in range(len(recent) - span + 1))
         now = _median(recent[-3:])
-        if not (lowest > 0 and now >= lowest * (1.0 + rise)):
+        if not (lowest > 0 and now >= lowest * (1.0 + self.scorer.traffic_rise)):
             return None
         return (f"the Deployment's traffic rose {now / lowest - 1.0:.0%} ({lowest:.3g} -> {now:.3g} requests/s) "
                 f"within {format_duration(self.scorer.trend_memory_seconds)}: a rise that follows the load, with no "
