@@ -43,7 +43,7 @@ import sys
 import tempfile
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -351,37 +351,39 @@ def argo(
     return None, None
 
 
+def first_run_of(
+    failing: Callable[[float], str | None], start: float, end: float, step: float, needed: int
+) -> tuple[float | None, str | None]:
+    """The first time in start..end (every `step`) at which `failing` named a metric on `needed` steps in a row,
+    and the metric it named then."""
+    in_a_row = 0
+    t = start
+    while t <= end:
+        metric = failing(t)
+        in_a_row = in_a_row + 1 if metric else 0
+        if in_a_row >= needed:
+            return t, metric
+        t += step
+    return None, None
+
+
 def flagger(
     grids: Mapping[str, Grid], thresholds: Mapping[str, float], key: tuple[str, str], start: float, end: float,
 ) -> tuple[float | None, str | None]:
-    failed_in_a_row = 0
-    t = start
-    while t <= end:
-        failing = None
-        for metric, threshold in thresholds.items():
-            value = grids[metric].get(key, {}).get(_ms(t))
-            if value is None or value >= threshold:
-                failing = metric
-                break
-        failed_in_a_row = failed_in_a_row + 1 if failing else 0
-        if failed_in_a_row >= FLAGGER_THRESHOLD:
-            return t, failing
-        t += 60.0
-    return None, None
+    def failing(t: float) -> str | None:  # a breach or no data fails the check
+        return next((m for m, v in thresholds.items()
+                     if (value := grids[m].get(key, {}).get(_ms(t))) is None or value >= v), None)
+
+    return first_run_of(failing, start, end, 60.0, FLAGGER_THRESHOLD)
 
 
 def linear(
     grids: Mapping[str, Grid], thresholds: Mapping[str, float], key: tuple[str, str], start: float, end: float,
 ) -> tuple[float | None, str | None]:
-    in_a_row = 0
-    t = start
-    while t <= end:
-        hit = next((m for m, v in thresholds.items() if grids[m].get(key, {}).get(_ms(t), -math.inf) >= v), None)
-        in_a_row = in_a_row + 1 if hit else 0
-        if in_a_row >= PREDICT_LINEAR_CONSECUTIVE:
-            return t, hit
-        t += STEP_SECONDS
-    return None, None
+    def failing(t: float) -> str | None:  # predicted at or beyond the threshold
+        return next((m for m, v in thresholds.items() if grids[m].get(key, {}).get(_ms(t), -math.inf) >= v), None)
+
+    return first_run_of(failing, start, end, STEP_SECONDS, PREDICT_LINEAR_CONSECUTIVE)
 
 
 ShardJob = tuple[list[Planned], float, float, str, str, str, str | None, dict[str, str], dict[str, float]]
