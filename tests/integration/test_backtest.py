@@ -95,13 +95,16 @@ def test_backtest_acts_on_the_bad_release_before_its_breach(
     for record in records:
         assert set(record) == FIELDS, record
     bad = [r for r in records if r["deployment"] == "checkout"]
-    assert len(bad) == 1, "exactly one action on the bad revision"
+    # an undo, or (when the first ticks' risk is below undo_threshold) a pause escalated once to an undo
+    assert [r["action"] for r in bad] in (["undo"], ["pause", "undo"]), bad
+    for record in bad:
+        assert (record["namespace"], record["revision"], record["metric"]) == (NAMESPACE, 2, "error_ratio")
+        assert isinstance(record["risk"], float) and 0.7 <= record["risk"] <= 1.0
+        reason = record["reason"]
+        assert isinstance(reason, str) and reason.startswith(str(record["action"]))
+        assert "error_ratio: new pods" in reason
+        assert isinstance(record["predicted_breach"], str)
     first = bad[0]
-    assert (first["namespace"], first["revision"], first["action"], first["metric"]) == (
-        NAMESPACE, 2, "undo", "error_ratio")
-    assert isinstance(first["risk"], float) and 0.7 <= first["risk"] <= 1.0
-    assert isinstance(first["reason"], str) and first["reason"].startswith("undo: error_ratio")
-    assert isinstance(first["predicted_breach"], str)
 
     crossed = error_ratio_crossing(prom, "checkout")
     assert crossed is not None, "the error regression must breach 5 % in the data"
