@@ -1,11 +1,12 @@
 """Model artifacts on disk: `<models_dir>/<name>/<version>/` holding the model files and `metadata.json`.
 
 The retraining job calls `save_artifact`; the daemon calls `newest_valid_artifact` at start and every
-`models.reload`, and hands `Artifact.scorer_kwargs()` to `ForecastScorer`. Forecasters are stored as JSON (their
-exact parameters and state), scikit-learn objects with joblib. `metadata.json` records the version, creation
-time, training window, feature names, thresholds, validation figures, the caller's config and data summary, the
-library versions, and a sha256 checksum per file. Loading checks every checksum before it unpickles anything, then
-the library versions the pickles need, then the caller's expectations, and says exactly what does not match.
+`models.reload`, and hands `Artifact.scorer_kwargs()` to `ForecastScorer`. Forecasters and seasonal profiles are
+stored as JSON (their exact parameters and state), scikit-learn objects with joblib. `metadata.json` records the
+version, creation time, training window, feature names, thresholds, validation figures, the caller's config and
+data summary, the library versions, and a sha256 checksum per file. Loading checks every checksum before it
+unpickles anything, then the library versions the pickles need, then the caller's expectations, and says exactly
+what does not match.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import numpy as np
 
 from predictor.detectors.forecast import DampedTrendForecaster
 from predictor.detectors.forest import RolloutIsolationForest
+from predictor.detectors.season import SeasonalProfile
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +44,8 @@ PICKLE_COMPATIBILITY: Mapping[str, str] = {"python": "minor", "numpy": "major", 
                                            "joblib": "major"}
 """How much of each library's version must match to unpickle (scikit-learn supports no unpickling across
 versions, so the whole version). JSON files need no match: statsmodels only fitted the numbers in them."""
+SEASON_PREFIX = "season/"
+"""Artifact object keys of seasonal profiles start with this, so they never collide with a forecaster's key."""
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 _VERSION = re.compile(r"^(\d{8}T\d{6}Z)(?:-(\d+))?$")
 
@@ -61,13 +65,18 @@ class Artifact:
     def forecasters(self) -> dict[str, DampedTrendForecaster]:
         return {k: v for k, v in self.objects.items() if isinstance(v, DampedTrendForecaster)}
 
+    def seasons(self) -> dict[str, SeasonalProfile]:
+        """Seasonal profiles by `<namespace>/<name>:<metric>` (stored under SEASON_PREFIX + that key)."""
+        return {k.removeprefix(SEASON_PREFIX): v for k, v in self.objects.items() if isinstance(v, SeasonalProfile)}
+
     def forest(self) -> RolloutIsolationForest | None:
         forests = [v for v in self.objects.values() if isinstance(v, RolloutIsolationForest)]
         return forests[0] if forests else None
 
     def scorer_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for `ForecastScorer`: the trained forecasters (by key) and the forest, if any."""
-        return {"forecasters": self.forecasters(), "forest": self.forest()}
+        """Keyword arguments for `ForecastScorer`: the trained forecasters and seasonal profiles (by key) and the
+        forest, if any."""
+        return {"forecasters": self.forecasters(), "seasons": self.seasons(), "forest": self.forest()}
 
 
 def library_versions() -> dict[str, str]:
@@ -111,6 +120,8 @@ def _encode(key: str, obj: Any) -> tuple[str, bytes]:
     """(kind, file bytes) for one model object."""
     if isinstance(obj, DampedTrendForecaster):
         return "forecaster", json.dumps(obj.get_state(), allow_nan=False, indent=1).encode()
+    if isinstance(obj, SeasonalProfile):
+        return "season", json.dumps(obj.get_state(), allow_nan=False, indent=1).encode()
     if isinstance(obj, dict | list | str | int | float | bool):
         return "json", json.dumps(_jsonable(obj, f"model_objects[{key!r}]"), indent=1).encode()
     return "joblib", b""
@@ -264,6 +275,8 @@ def _load_object(path: Path, key: str, entry: Mapping[str, Any]) -> Any:
     try:
         if kind == "forecaster":
             return DampedTrendForecaster.from_state(json.loads(file.read_text()))
+        if kind == "season":
+            return SeasonalProfile.from_state(json.loads(file.read_text()))
         if kind == "json":
             return json.loads(file.read_text())
         if kind == "joblib":

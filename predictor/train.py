@@ -26,6 +26,9 @@ no worse than the model the daemon would use now. Called by the CLI and the retr
    rollout's series centred on its own median, so that the junctions between rollouts are no level shifts), and
    one per Deployment and metric where that Deployment alone has `min_deployment_samples`; and a
    `RolloutIsolationForest` (with its calibrator) on the feature vectors the scorer computes at each training tick.
+   Where the window covers `season_min_cycles` days, also per Deployment and metric a `SeasonalProfile` (Holt-Winters
+   ETS(A,Ad,A) on 15-minute bins) of the Deployment's whole history, every pod and revision (one range query per
+   metric at `season_step_seconds`), kept only where the season lowers the AIC.
 5. **Validate** the candidate and the current model (the newest usable artifact in `out_dir`, else the untrained
    forecast scorer) on the same validation rollouts, replaying the engine's tick (history, `ForecastScorer.assess`,
    `policy.decide`): false alarms, false actions, forest alarms, and the error of 1..horizon-step forecasts.
@@ -52,13 +55,21 @@ from predictor.detectors.base import Scorer
 from predictor.detectors.forecast import DampedTrendForecaster
 from predictor.detectors.forest import RolloutIsolationForest, feature_names, history_features
 from predictor.detectors.rollout_scorer import DEFAULT_LIVE_PARAMS, ForecastScorer
+from predictor.detectors.season import SeasonalProfile
 from predictor.domain import Action, Assessment, DeploymentRef, Observation, RolloutState, Scope
 from predictor.features import MetricHistory
-from predictor.models import save_artifact
+from predictor.models import SEASON_PREFIX, save_artifact
 from predictor.ports import RolloutSource
 from predictor.scoring import MODEL_NAME, newest_usable_artifact
 from predictor.sources.prometheus import RangeSeries, parse_le
-from predictor.sources.split import PodSample, render_query, split_observations, unknown_observations
+from predictor.sources.split import (
+    PodSample,
+    deployment_values,
+    render_history_query,
+    render_query,
+    split_observations,
+    unknown_observations,
+)
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +127,13 @@ class TrainSettings:
     random_state: int | None = None
     """The forest's seed; None derives it from the window start, so retraining the same window gives the same
     model."""
+    season_period_seconds: float = 86400.0
+    """The season of the seasonal profiles (a day); fitted only where the window covers `season_min_cycles`."""
+    season_min_cycles: int = 2
+    season_bin_seconds: float = 900.0
+    """Resolution of a seasonal profile (15 minutes)."""
+    season_step_seconds: float = 300.0
+    """Step of the history range queries the profiles are fitted on (3 samples per bin)."""
 
     def check(self) -> None:
         if self.min_samples < 10 or self.min_deployment_samples < 10:
@@ -123,6 +141,17 @@ class TrainSettings:
                                 f"{self.min_deployment_samples}")
         if not 0.05 <= self.validation_fraction <= 0.5:
             raise TrainingError(f"validation_fraction: expected 0.05..0.5, got {self.validation_fraction!r}")
+        if not 0 < self.season_step_seconds <= self.season_bin_seconds:
+            raise TrainingError(f"season_step_seconds: expected 0 < step <= season_bin_seconds "
+                                f"{self.season_bin_seconds:g}, got {self.season_step_seconds!r}")
+        try:
+            self.season_template().check_params()
+        except ValueError as exc:
+            raise TrainingError(f"season settings: {exc}") from exc
+
+    def season_template(self) -> SeasonalProfile:
+        return SeasonalProfile(period_seconds=self.season_period_seconds, bin_seconds=self.season_bin_seconds,
+                               min_cycles=self.season_min_cycles)
 
 
 @dataclass(frozen=True)
@@ -525,6 +554,83 @@ def fit_forest(
     return forest, len(rows)
 
 
+MAX_RANGE_POINTS = 10_000
+"""Points per series a history range query asks for at most (Prometheus refuses more than 11,000)."""
+
+
+def fit_seasons(
+    config: Config, source: RangeSource, refs: Sequence[DeploymentRef], start: float, end: float,
+    settings: TrainSettings,
+) -> tuple[dict[str, SeasonalProfile], dict[str, str]]:
+    """Per Deployment and metric (key `<namespace>/<name>:<metric>`): a `SeasonalProfile` fitted on the
+    Deployment's whole history over [start, end] (every pod, every revision, a range query at
+    `season_step_seconds`), kept where the window covers the season and the season lowers the AIC. Returns the
+    profiles and, per key (or `*` for all), why none was kept."""
+    need = settings.season_min_cycles * settings.season_period_seconds
+    if end - start < need or not refs:
+        why = (f"the window covers {(end - start) / 3600:.1f} h, a {settings.season_period_seconds / 3600:g} h "
+               f"season needs {need / 3600:g} h" if refs else "no Deployment to fit")
+        return {}, {"*": why}
+    step = settings.season_step_seconds
+    profiles: dict[str, SeasonalProfile] = {}
+    skipped: dict[str, str] = {}
+    for spec in config.metrics:
+        numerator = _history_samples(source, spec, spec.query, refs, start, end, step, "query")
+        denominator = (_history_samples(source, spec, spec.denominator, refs, start, end, step, "denominator")
+                       if spec.denominator is not None else {})
+        series: dict[DeploymentRef, tuple[list[float], list[float | None]]] = {ref: ([], []) for ref in refs}
+        for at in sorted(set(numerator) | set(denominator)):
+            values = deployment_values(spec, refs, numerator.get(at, []), denominator.get(at, []))
+            for ref, value in values.items():
+                series[ref][0].append(at / 1000.0)
+                series[ref][1].append(value.value)
+        for ref, (times, values) in sorted(series.items()):
+            key = f"{ref}:{spec.name}"
+            try:
+                profile = settings.season_template().fit(times, values) if times else None
+            except ValueError as exc:
+                skipped[key] = str(exc)
+                continue
+            if profile is None:
+                skipped[key] = "no samples"
+            elif not profile.significant_:
+                skipped[key] = (f"no season: AIC {profile.aic_seasonal_:.1f} with it, {profile.aic_plain_:.1f} "
+                                f"without")
+            else:
+                profiles[key] = profile
+    log.info("seasonal profiles: %d kept, %d not (%s)", len(profiles), len(skipped),
+             "; ".join(f"{k}: {v}" for k, v in sorted(skipped.items())[:5]) or "none")
+    return profiles, skipped
+
+
+def _history_samples(
+    source: RangeSource, spec: MetricSpec, template: str, refs: Sequence[DeploymentRef], start: float, end: float,
+    step: float, which: str,
+) -> dict[int, list[PodSample]]:
+    """Per time (ms): the per-pod samples of `template` over every pod of `refs`, in range queries of at most
+    MAX_RANGE_POINTS points."""
+    promql = render_history_query(template, refs)
+    out: dict[int, list[PodSample]] = defaultdict(list)
+    chunk = step * MAX_RANGE_POINTS
+    t0 = math.ceil(start / step) * step
+    while t0 <= end:
+        t1 = min(end, t0 + chunk - step)
+        try:
+            matrix = source.fetch_range(promql, t0, t1, step)
+        except Exception as exc:
+            raise TrainingSourceError(f"metric {spec.name}: {which} history range query {format_time(t0)} – "
+                                      f"{format_time(t1)} failed: {exc} (query: {promql})") from exc
+        for labels, times, values in matrix:
+            namespace, pod = labels.get("namespace"), labels.get("pod")
+            if not namespace or not pod:
+                continue
+            le = parse_le(labels.get("le")) if spec.quantile is not None and which == "query" else None
+            for t, value in zip(times.tolist(), values.tolist(), strict=True):
+                out[_ms(t)].append(PodSample(namespace, pod, float(value), le))
+        t0 = t1 + step
+    return dict(out)
+
+
 def _walk(
     collected: Collected, stretches: Sequence[Stretch], config: Config,
     visit: Callable[[MetricHistory, list[RolloutState], float], None],
@@ -556,6 +662,7 @@ def _walk(
 def validate(
     collected: Collected, stretches: Sequence[Stretch], config: Config, scorer: Scorer,
     templates: Mapping[str, DampedTrendForecaster], forest: RolloutIsolationForest | None,
+    seasons: Mapping[str, SeasonalProfile] | None = None,
 ) -> dict[str, Any]:
     """Replay the engine's tick with `scorer` over the healthy validation `stretches` (history, `assess` per
     metric, `policy.decide`), and score the forecasts of `templates` (the model's forecasters; the scorer's
@@ -594,7 +701,7 @@ def validate(
         scores = forest.score(np.vstack(forest_rows))  # one batch: scikit-learn's overhead is per call
         scored = scores[np.isfinite(scores)]
         forest_rate = float(np.mean(scored >= forest.threshold_)) if scored.size else None
-    forecast = forecast_errors(collected, stretches, config, templates)
+    forecast = forecast_errors(collected, stretches, config, templates, seasons)
     relative = [f["relative_error"] for f in forecast.values() if f["relative_error"] is not None]
     return {
         "ticks": counts["ticks"],
@@ -625,10 +732,13 @@ def _assess(
 
 def forecast_errors(
     collected: Collected, stretches: Sequence[Stretch], config: Config, templates: Mapping[str, DampedTrendForecaster],
+    seasons: Mapping[str, SeasonalProfile] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Per metric: mean absolute error of the 1..horizon-step forecasts of the Deployment-level value, from every
     sample of a revision once its forecaster (spawned as the scorer spawns it) has `MIN_FORECAST_SAMPLES`, against
-    the known values that followed; also relative to |threshold| and the coverage of the 95 % interval."""
+    the known values that followed; also relative to |threshold| and the coverage of the 95 % interval. Where
+    `seasons` has the Deployment's profile, the forecaster sees the values without the season and the season is
+    added back to its forecasts, as the scorer does."""
     step = config.policy.interval_seconds
     steps = max(1, math.ceil(config.policy.horizon_seconds / step))
     default = DampedTrendForecaster.from_params(alpha=DEFAULT_LIVE_PARAMS["alpha"], beta=DEFAULT_LIVE_PARAMS["beta"],
@@ -638,6 +748,7 @@ def forecast_errors(
         total, count, covered = 0.0, 0, 0
         for stretch in stretches:
             template = templates.get(f"{stretch.ref}:{spec.name}") or templates.get(spec.name) or default
+            season = (seasons or {}).get(f"{stretch.ref}:{spec.name}")
             rows = collected.deployment_values(stretch, spec.name)
             for revision in dict.fromkeys(r for _, r, _ in rows):
                 part = [(i, v) for i, r, v in rows if r == revision]
@@ -647,11 +758,14 @@ def forecast_errors(
                 for k, (i, value) in enumerate(part):
                     if value is None:
                         continue
-                    forecaster.update(collected.times[i], value)
+                    now = collected.times[i]
+                    forecaster.update(now, value - (season.offset(now) if season is not None else 0.0))
                     future = dense[k + 1:k + 1 + steps]
                     if forecaster.n_updates_ < MIN_FORECAST_SAMPLES or future.size == 0:
                         continue
                     mean, sd = forecaster.forecast(future.size)
+                    if season is not None:
+                        mean = mean + season.offsets(now + step * np.arange(1, future.size + 1))
                     known = np.isfinite(future)
                     errors = np.abs(mean[known] - future[known])
                     total += float(errors.sum())
@@ -754,9 +868,11 @@ def train(
         forest, rows = fit_forest(collected, training, config, settings, random_state)
     except TrainingError as exc:
         raise TrainingError(f"{window}: {exc}") from exc
-    objects: dict[str, Any] = {**forecasters, "forest": forest}
-    candidate_scorer = ForecastScorer(step_seconds=step, forecasters=forecasters, forest=forest)
-    figures = validate(collected, validation, config, candidate_scorer, forecasters, forest)
+    seasons, no_season = fit_seasons(config, source, sorted({s.ref for s in collected.stretches}), start, end,
+                                     settings)
+    objects: dict[str, Any] = {**forecasters, **{SEASON_PREFIX + k: v for k, v in seasons.items()}, "forest": forest}
+    candidate_scorer = ForecastScorer(step_seconds=step, forecasters=forecasters, seasons=seasons, forest=forest)
+    figures = validate(collected, validation, config, candidate_scorer, forecasters, forest, seasons)
 
     current = newest_usable_artifact(out_dir, config, log=log)
     if current is None:
@@ -766,11 +882,11 @@ def train(
         artifact, current_scorer = current
         current_model = str(artifact.path)
         current_figures = validate(collected, validation, config, current_scorer, artifact.forecasters(),
-                                   artifact.forest())
+                                   artifact.forest(), artifact.seasons())
     problems = worse_than(figures, current_figures)
 
     summary = _data_summary(collected, start, end, training, validation, left_out, samples, rows, sources,
-                            forecasters)
+                            forecasters, seasons, no_season)
     if problems:
         reason = f"the candidate validates worse than the current model ({current_model}): {'; '.join(problems)}"
         log.info("not promoting: %s", reason)
@@ -832,6 +948,7 @@ def _data_summary(
     collected: Collected, start: float, end: float, training: Sequence[Stretch], validation: Sequence[Stretch],
     left_out: Sequence[tuple[Stretch, list[str]]], samples: Mapping[str, int], rows: int,
     sources: Mapping[str, str], forecasters: Mapping[str, DampedTrendForecaster],
+    seasons: Mapping[str, SeasonalProfile], no_season: Mapping[str, str],
 ) -> dict[str, Any]:
     return {
         "window": {"start": format_time(start), "end": format_time(end), "ticks": len(collected.times)},
@@ -854,6 +971,12 @@ def _data_summary(
                   "converged": f.converged_}
             for key, f in forecasters.items()
         },
+        "seasons": {
+            key: {"amplitude": p.amplitude, "aic_seasonal": p.aic_seasonal_, "aic_plain": p.aic_plain_,
+                  "bins": p.n_bins_, "period_seconds": p.period_seconds}
+            for key, p in seasons.items()
+        },
+        "no_season": dict(no_season),
     }
 
 

@@ -23,9 +23,10 @@ Robustness (why the update is not plain ETS; `median_window=1, huber_k=None` giv
 4. NaN and None are skipped and leave the state untouched; a gap of k steps is bridged in closed form (k - 1
    forecast steps), so irregular samples cost the same as regular ones.
 
-Seasonality is not modelled: a rollout lasts minutes and its new pods are compared with its old pods at the same
-moment, which cancels daily and weekly seasons; a seasonal ETS with a day-long season at a 15 s step (5,760
-seasonal states) would be neither cheap to fit nor to update.
+The season is not in this model: a seasonal ETS with a day-long season at a 15 s step (5,760 seasonal states)
+would be neither cheap to fit nor to update. Where the history covers a season, the retraining job fits one on
+15-minute bins (`predictor.detectors.season`), and the scorer feeds this forecaster the values net of it. New pods
+compared with old pods at the same moment need none: it cancels.
 """
 
 from __future__ import annotations

@@ -20,7 +20,9 @@ a tick costs the same whatever the age of the rollout. Four kinds of evidence, t
    of events (`increase()` of restarts: read from the MetricSpec's query or unit) is never extrapolated: a restart
    is one event, not a trend; instead new pods whose count recurs (`recurring_events` within the window, on two
    samples in a row) while old pods stay below one count as a crash loop when the restarts keep new pods from
-   being ready or the count still rises (two counter resets of a pod that serves again are no loop);
+   being ready or the count still rises (two counter resets of a pod that serves again are no loop). With a
+   trained daily season (`SeasonalProfile`) the trends see the samples net of it and the season's worst offset
+   within the horizon is added back as a level; a breach the season alone brings is capped at alert;
 4. with a trained `RolloutIsolationForest`: its verdict that the joint feature vector of the rollout is unusual,
    for the metric that deviates most. On its own it is capped below acting risk (an unusual rollout is not a
    predicted breach: a cache filling up is unusual too); `forest_weight` > 0 lets it raise a forecast.
@@ -52,6 +54,7 @@ import numpy as np
 from predictor.config import MetricSpec, format_duration, parse_duration
 from predictor.detectors.forecast import DampedTrendForecaster, LocalTrend, TrendForecast, _median_small
 from predictor.detectors.forest import RolloutIsolationForest
+from predictor.detectors.season import SeasonalProfile
 from predictor.detectors.trend import SHARED_CAUSE_RISK_CAP
 from predictor.domain import Assessment, DeploymentRef, Direction, RolloutState, Scope
 from predictor.features import MetricHistory, Series, mix_breach_time
@@ -128,6 +131,10 @@ class ForecastScorer:
     - `forecasters`: fitted `DampedTrendForecaster`s whose parameters seed each live series, keyed by
       `"<namespace>/<name>:<metric>"` or by `"<metric>"` (looked up in that order); missing ones use
       `default_params`.
+    - `seasons`: fitted `SeasonalProfile`s keyed by `"<namespace>/<name>:<metric>"` (the retraining job keeps
+      only those where the history covers the season and the season lowers the AIC): the season is taken out of
+      the samples before their forecasters and trends see them, and its worst offset within the horizon is added
+      back as a level.
     - `forest`: a fitted `RolloutIsolationForest` (evidence 4), None to leave it out.
     - `min_new_pods`, `min_new_samples`: below these the new-versus-old comparison abstains (default 1 and 1: the
       sequential test itself decides how many samples a gap needs).
@@ -156,6 +163,7 @@ class ForecastScorer:
         *,
         step_seconds: float = 15.0,
         forecasters: Mapping[str, DampedTrendForecaster] | None = None,
+        seasons: Mapping[str, SeasonalProfile] | None = None,
         forest: RolloutIsolationForest | None = None,
         default_params: Mapping[str, float] = DEFAULT_LIVE_PARAMS,
         min_new_pods: int = 1,
@@ -176,6 +184,7 @@ class ForecastScorer:
     ) -> None:
         self.step_seconds = step_seconds
         self.forecasters = dict(forecasters or {})
+        self.seasons = dict(seasons or {})
         self.forest = forest
         self.default_params = dict(default_params)
         self.min_new_pods = min_new_pods
@@ -239,6 +248,9 @@ class ForecastScorer:
             if forecaster.step_seconds != self.step_seconds:
                 raise ValueError(f"forecasters[{key!r}]: fitted for a {forecaster.step_seconds:g}s step, "
                                  f"the scorer runs every {self.step_seconds:g}s")
+        for key, season in self.seasons.items():
+            if not hasattr(season, "profile_"):
+                raise ValueError(f"seasons[{key!r}]: not fitted")
         if self.forest is not None and not hasattr(self.forest, "forest_"):
             raise ValueError("forest: not fitted")
 
@@ -311,6 +323,9 @@ class ForecastScorer:
     def _template(self, ref: DeploymentRef, metric: str) -> DampedTrendForecaster:
         return self.forecasters.get(f"{ref}:{metric}") or self.forecasters.get(metric) or self._default
 
+    def season(self, ref: DeploymentRef, metric: str) -> SeasonalProfile | None:
+        return self.seasons.get(f"{ref}:{metric}") if self.seasons else None
+
     def _updated_track(
         self, key: TrackKey, spec: MetricSpec, series: Series, now: float, desired_replicas: int
     ) -> _Track:
@@ -329,6 +344,8 @@ class ForecastScorer:
                                             flatten_z=self.flatten_z, min_sigma=forecaster.min_sigma))
             self._tracks[key] = track
         track.seen = now
+        season = self.season(key[0], key[2])
+        season_scale = 1.0 / max(desired_replicas, 1) if per_pod else 1.0  # a sum's season, shared out per pod
         times = series.times
         if times.size and times[-1] > track.last_time:
             start = int(times.searchsorted(track.last_time, side="right"))
@@ -336,7 +353,8 @@ class ForecastScorer:
                                series.pods[start:].tolist(), strict=True):
                 if per_pod:  # a sum grows with the pods: compare and project per pod
                     v = v / p if p > 0 else math.nan
-                track.forecaster.update(t, v)
+                offset = season.offset(t) * season_scale if season is not None else 0.0
+                track.forecaster.update(t, v - offset)
                 if math.isfinite(v):
                     track.first_time = min(track.first_time, t)
                     track.times.append(t)
@@ -346,7 +364,8 @@ class ForecastScorer:
                     # the first samples of new pods look back over a window they did not all serve in: a rate
                     # ramps up over it (a start-up curve, no trend of the release), so the trend starts after it
                     if key[3] is not Scope.NEW or t - track.first_time >= _range_seconds(spec.query):
-                        track.trend.update(t, _median_small(list(track.values)[-track.forecaster.median_window:]))
+                        recent = list(track.values)[-track.forecaster.median_window:]
+                        track.trend.update(t, _median_small(recent) - offset)
             track.last_time = float(times[-1])
         return track
 
@@ -682,14 +701,51 @@ class _View:
         trend = track.trend
         if trend is None or trend.count < self.scorer.min_forecast_samples:
             return None
-        lag = max(0.0, self.now - track.last_time) if math.isfinite(track.last_time) else 0.0
-        forecast = trend.breach(self.limit(scope), self.spec.direction, self.horizon, lag)
+        seasonal = self.season_offsets(scope)
+        now_offset, worst = seasonal if seasonal is not None else (0.0, 0.0)
+        # the trend was fitted without the season: its path plus the season's worst within the horizon
+        forecast = trend.breach(self.limit(scope) - worst, self.spec.direction, self.horizon, self.lag(scope))
         if forecast is None:
             return None
+        if seasonal is not None:
+            forecast = forecast._replace(forecast=forecast.forecast + worst, level=forecast.level + now_offset)
         # P(breach within the horizon), optionally weighing a later breach less (`urgency_discount`)
         at = forecast.seconds if forecast.seconds is not None else self.horizon
         weight = 1.0 - self.scorer.urgency_discount * min(at / self.horizon, 1.0)
         return forecast.probability * weight, forecast
+
+    def lag(self, scope: Scope) -> float:
+        """Seconds from the scope's last sample to now."""
+        last = self.tracks[scope].last_time
+        return max(0.0, self.now - last) if math.isfinite(last) else 0.0
+
+    def season_offsets(self, scope: Scope) -> tuple[float, float] | None:
+        """(the season's offset now, its worst offset within the horizon) in the scope's units, or None without a
+        trained season for this Deployment and metric."""
+        season = self.scorer.season(self.rollout.ref, self.spec.name)
+        if season is None:
+            return None
+        scale = self.limit(scope) / self.spec.threshold if self.spec.threshold else 1.0
+        worst = season.worst_offset(self.now, self.now + self.horizon, self.spec.direction)
+        return season.offset(self.now) * scale, worst * scale
+
+    def season_alone_probability(self, scope: Scope) -> float | None:
+        """P(breach within the horizon) if the value stayed at its level net of the season and only the season
+        moved it: whether the time of day alone takes it beyond the threshold. None without a trained season."""
+        seasonal = self.season_offsets(scope)
+        trend = self.tracks[scope].trend
+        if seasonal is None or trend is None:
+            return None
+        forecast = trend.breach(self.limit(scope) - seasonal[1], self.spec.direction, 0.0, self.lag(scope))
+        return None if forecast is None else forecast.probability
+
+    def season_note(self, scope: Scope) -> str:
+        seasonal = self.season_offsets(scope)
+        if seasonal is None:
+            return ""
+        now_offset, worst = seasonal
+        return (f"; the trend is net of the trained season, whose worst within {format_duration(self.horizon)} "
+                f"adds {worst - now_offset:+.3g} (in the forecast)")
 
     @property
     def counts_events(self) -> bool:
@@ -763,7 +819,7 @@ class _View:
                      f"data allows")
             reason = (f"{name}: {label} {fc.level:.4g} trending {fc.slope * 60:+.3g}/min ({shape}), forecast "
                       f"{fc.forecast:.4g} ± {1.96 * fc.sd:.2g} in {within}; threshold {thr:g}: mean {when}, "
-                      f"P(breach within {within}) = {fc.probability:.2f}")
+                      f"P(breach within {within}) = {fc.probability:.2f}{self.season_note(scope)}")
             if scope is Scope.NEW:
                 reason += "; the deployment follows as the rollout completes"
             if risk > SETTLING_RISK_CAP and self.settles(scope):
@@ -772,6 +828,10 @@ class _View:
                            f"warming up or settling")
             if risk > SHARED_CAUSE_RISK_CAP:
                 shared = self.shared_note()
+                alone = self.season_alone_probability(scope)
+                if not shared and alone is not None and alone >= self.scorer.shared_fraction * fc.probability:
+                    shared = (f"the trained season alone takes it there (P = {alone:.2f} with no trend of its "
+                              f"own): the time of day's, not this release's")
                 if old is not None and old[1].probability >= 0.2 and (
                         old[1].probability >= self.scorer.shared_fraction * fc.probability):
                     shared = f"old pods forecast to breach too (P = {old[1].probability:.2f}): not this release"

@@ -86,10 +86,22 @@ def render_query(template: str, rollouts: Sequence[RolloutState]) -> str:
     The values are meant for the inside of a double-quoted matcher (`pod=~"{pods}"`): they are escaped once as
     RE2 regexes and once as PromQL string contents. With no rollouts, every placeholder matches nothing.
     """
+    return _render(template, [r.ref for r in rollouts], pods_regex(rollouts))
+
+
+def render_history_query(template: str, refs: Sequence[DeploymentRef]) -> str:
+    """As `render_query`, but `{pods}` matches every pod of the Deployments, whatever its revision: the
+    Deployment's whole history (the retraining job's seasonal profiles)."""
+    names = _alternation(ref.name for ref in refs)
+    pods = f"(?:{names})-{_POD_SUFFIX}-{_POD_SUFFIX}" if refs else NEVER_MATCHES
+    return _render(template, refs, pods)
+
+
+def _render(template: str, refs: Sequence[DeploymentRef], pods: str) -> str:
     values = {
-        "namespace": _alternation(r.ref.namespace for r in rollouts),
-        "deployment": _alternation(r.ref.name for r in rollouts),
-        "pods": pods_regex(rollouts),
+        "namespace": _alternation(ref.namespace for ref in refs),
+        "deployment": _alternation(ref.name for ref in refs),
+        "pods": pods,
     }
     return _TOKEN.sub(lambda m: escape_promql_string(values[m.group(1)]), template)
 
@@ -365,12 +377,8 @@ def split_observations(
             elif not members:
                 what = "denominator's result" if spec.denominator is not None else "query result"
                 result = ScopeValue(None, 0, f"no {_SCOPE_WORDS[scope]} pods in the {what}")
-            elif spec.denominator is not None:
-                result = combine_ratio(groups.get(key, []), members, spec.min_denominator)
-            elif spec.quantile is not None:
-                result = combine_quantile(members, spec.quantile)
             else:
-                result = combine_aggregate(members, spec.aggregate)
+                result = combine_pods(spec, groups.get(key, []), members)
             error = f"{spec.name}: {result.error}" if result.error else None
             observations.append(
                 Observation(
@@ -379,6 +387,38 @@ def split_observations(
                 )
             )
     return observations
+
+
+def combine_pods(spec: MetricSpec, samples: Sequence[PodSample], denominator: Sequence[PodSample]) -> ScopeValue:
+    """One value over a set of pods as the spec combines them: a ratio of sums, a quantile of the summed buckets,
+    or the aggregate. `denominator` holds the same pods' denominator samples (ignored without one)."""
+    if spec.denominator is not None:
+        return combine_ratio(samples, denominator, spec.min_denominator)
+    if spec.quantile is not None:
+        return combine_quantile(samples, spec.quantile)
+    return combine_aggregate(samples, spec.aggregate)
+
+
+def deployment_values(
+    spec: MetricSpec, refs: Sequence[DeploymentRef], samples: Sequence[PodSample],
+    denominator: Sequence[PodSample] = (),
+) -> dict[DeploymentRef, ScopeValue]:
+    """The Deployment-level value of each of `refs` that has pods among `samples`, whatever their revision (the
+    result of a `render_history_query`)."""
+    wanted = {(ref.namespace, ref.name): ref for ref in refs}
+
+    def by_ref(items: Sequence[PodSample]) -> dict[DeploymentRef, list[PodSample]]:
+        grouped: dict[DeploymentRef, list[PodSample]] = defaultdict(list)
+        for sample in items:
+            parsed = parse_pod_name(sample.pod)
+            ref = wanted.get((sample.namespace, parsed[0])) if parsed else None
+            if ref is not None:
+                grouped[ref].append(sample)
+        return grouped
+
+    numerator, denominators = by_ref(samples), by_ref(denominator)
+    present = denominators if spec.denominator is not None else numerator
+    return {ref: combine_pods(spec, numerator.get(ref, []), denominators.get(ref, [])) for ref in present}
 
 
 _SCOPE_WORDS = {Scope.DEPLOYMENT: "Deployment", Scope.NEW: "new-revision", Scope.OLD: "old-revision"}

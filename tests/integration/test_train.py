@@ -165,6 +165,9 @@ def test_the_first_training_writes_an_artifact_with_the_metadata_the_brief_asks(
         digest = hashlib.sha256((first.artifact / entry["file"]).read_bytes()).hexdigest()
         assert digest == entry["sha256"], entry["file"]
     assert load_artifact(first.artifact).forest() is not None
+    # 23 minutes of history hold no day: no seasonal profile, and the summary says why
+    assert metadata["data_summary"]["seasons"] == {}
+    assert metadata["data_summary"]["no_season"] == {"*": "the window covers 0.4 h, a 24 h season needs 48 h"}
 
 
 @pytest.mark.prometheus

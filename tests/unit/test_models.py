@@ -14,6 +14,7 @@ import pytest
 from predictor import models
 from predictor.detectors.forecast import DampedTrendForecaster
 from predictor.detectors.forest import RolloutIsolationForest, feature_names
+from predictor.detectors.season import SeasonalProfile
 from predictor.models import ArtifactError, list_versions, load_artifact, newest_valid_artifact, save_artifact
 
 METRICS = ["error_ratio"]
@@ -67,6 +68,30 @@ def test_round_trip_scores_identically(objects: dict[str, Any], tmp_path: Path) 
     assert forest is not None
     np.testing.assert_array_equal(forest.score(rows), objects["forest"].score(rows))
     assert set(artifact.scorer_kwargs()["forecasters"]) == {"error_ratio", "shop/checkout:error_ratio"}
+
+
+def test_a_seasonal_profile_round_trips_under_its_own_key_and_a_damaged_one_is_refused(
+    objects: dict[str, Any], tmp_path: Path
+) -> None:
+    times = CREATED + np.arange(0.0, 3 * 86400.0, 300.0)
+    season = SeasonalProfile().fit(times, np.sin(2 * np.pi * times / 86400.0))
+    saved = {**objects, models.SEASON_PREFIX + "shop/checkout:error_ratio": season}
+    artifact = load_artifact(save_artifact(tmp_path, "rollout-risk", saved, META, created=CREATED))
+    loaded = artifact.scorer_kwargs()["seasons"]
+    assert set(loaded) == {"shop/checkout:error_ratio"}  # the key the scorer looks up, next to the forecaster's
+    assert set(artifact.forecasters()) == {"error_ratio", "shop/checkout:error_ratio"}
+    grid = CREATED + np.arange(0.0, 86400.0, 77.0)
+    np.testing.assert_array_equal(loaded["shop/checkout:error_ratio"].offsets(grid), season.offsets(grid))
+    path = artifact.path
+    metadata = json.loads((path / "metadata.json").read_text())
+    entry = metadata["objects"][models.SEASON_PREFIX + "shop/checkout:error_ratio"]
+    state = json.loads((path / entry["file"]).read_text())
+    state["fitted"]["profile"] = state["fitted"]["profile"][:10]
+    (path / entry["file"]).write_text(json.dumps(state))
+    entry["sha256"] = models._sha256(path / entry["file"])  # a consistent but wrong file: only the content tells
+    (path / "metadata.json").write_text(json.dumps(metadata))
+    with pytest.raises(ArtifactError, match="profile has 10 phases, the period has 96"):
+        load_artifact(path)
 
 
 def test_a_second_save_in_the_same_second_gets_its_own_version(objects: dict[str, Any], tmp_path: Path) -> None:
