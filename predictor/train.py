@@ -362,13 +362,21 @@ def _range_samples(
 ) -> _TickSamples:
     """One range query of `template` rendered for `union`, cut into per-tick pod samples as
     `PrometheusMetricSource` cuts an instant result (`le` parsed for a quantile's query)."""
-    promql = render_query(template, union)
+    out: _TickSamples = defaultdict(lambda: ([], 0))
+    _add_range(source, spec, render_query(template, union), start, end, step, which, out)
+    return dict(out)
+
+
+def _add_range(
+    source: RangeSource, spec: MetricSpec, promql: str, start: float, end: float, step: float, which: str,
+    out: defaultdict[int, tuple[list[PodSample], int]],
+) -> None:
+    """Run one range query and add its per-pod samples to `out` by time (ms), counting series without labels."""
     try:
         matrix = source.fetch_range(promql, start, end, step)
     except Exception as exc:
         raise TrainingSourceError(f"metric {spec.name}: {which} range query {format_time(start)} – "
                                   f"{format_time(end)} failed: {exc} (query: {promql})") from exc
-    out: _TickSamples = defaultdict(lambda: ([], 0))
     for labels, times, values in matrix:
         namespace, pod = labels.get("namespace"), labels.get("pod")
         le = parse_le(labels.get("le")) if spec.quantile is not None and which == "query" else None
@@ -378,7 +386,6 @@ def _range_samples(
                 out[_ms(t)] = (samples, unlabelled + 1)
             else:
                 samples.append(PodSample(namespace, pod, float(value), le))
-    return dict(out)
 
 
 def _split_at(
@@ -610,25 +617,13 @@ def _history_samples(
     """Per time (ms): the per-pod samples of `template` over every pod of `refs`, in range queries of at most
     MAX_RANGE_POINTS points."""
     promql = render_history_query(template, refs)
-    out: dict[int, list[PodSample]] = defaultdict(list)
-    chunk = step * MAX_RANGE_POINTS
+    out: defaultdict[int, tuple[list[PodSample], int]] = defaultdict(lambda: ([], 0))
     t0 = math.ceil(start / step) * step
     while t0 <= end:
-        t1 = min(end, t0 + chunk - step)
-        try:
-            matrix = source.fetch_range(promql, t0, t1, step)
-        except Exception as exc:
-            raise TrainingSourceError(f"metric {spec.name}: {which} history range query {format_time(t0)} – "
-                                      f"{format_time(t1)} failed: {exc} (query: {promql})") from exc
-        for labels, times, values in matrix:
-            namespace, pod = labels.get("namespace"), labels.get("pod")
-            if not namespace or not pod:
-                continue
-            le = parse_le(labels.get("le")) if spec.quantile is not None and which == "query" else None
-            for t, value in zip(times.tolist(), values.tolist(), strict=True):
-                out[_ms(t)].append(PodSample(namespace, pod, float(value), le))
+        t1 = min(end, t0 + step * (MAX_RANGE_POINTS - 1))
+        _add_range(source, spec, promql, t0, t1, step, which, out)
         t0 = t1 + step
-    return dict(out)
+    return {at: samples for at, (samples, _) in out.items()}
 
 
 def _walk(

@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator
+from itertools import pairwise
+from typing import Any
 
 import numpy as np
 import pytest
@@ -78,3 +80,25 @@ def test_a_window_shorter_than_two_days_fits_nothing_and_says_why(prom: Promethe
                                     TrainSettings())
     assert profiles == {}
     assert skipped == {"*": "the window covers 24.0 h, a 24 h season needs 48 h"}
+
+
+def test_a_long_window_is_read_in_range_queries_prometheus_accepts_without_gaps_or_overlaps() -> None:
+    calls: list[tuple[float, float, float]] = []
+
+    class Recording:
+        def fetch_range(self, query: str, start: float, end: float, step: float) -> list[Any]:
+            calls.append((start, end, step))
+            return []
+
+    cfg = parse_config({"prometheus": {"url": "http://127.0.0.1:9"}, "targets": [{"namespace": "shop"}]})
+    settings = TrainSettings()
+    profiles, skipped = fit_seasons(cfg, Recording(), [WEB], 0.0, 90 * DAY, settings)
+    assert profiles == {} and skipped["shop/web:error_ratio"] == "no samples"
+    per_metric = [c for c in calls if c[2] == settings.season_step_seconds]
+    assert per_metric == calls
+    # the default pack has six templates (the error ratio's query and denominator, four more), each read in 3 parts
+    assert len(calls) == 18
+    first = calls[:3]
+    assert all((end - start) / step + 1 <= 10_000 for start, end, step in calls)
+    assert first[0][0] == 0.0 and all(b[0] == a[1] + a[2] for a, b in pairwise(first))
+    assert first[-1][1] == 90 * DAY
