@@ -78,7 +78,7 @@ COUNT_FUNCTIONS = re.compile(r"\b(?:increase|changes|resets)\s*\(")
 """PromQL functions whose result counts events over a window."""
 COUNT_UNITS = frozenset({"restarts", "events", "count", "counts"})
 """Units (MetricSpec.unit) that name counted events."""
-RANGE_WINDOW = re.compile(r"\[(\d+(?:\.\d+)?[smhd])(?::[^\]]*)?\]")
+RANGE_WINDOW = re.compile(r"\[((?:\d+(?:\.\d+)?(?:ms|[smhdwy]))+)(?::[^\]]*)?\]")
 """A PromQL range selector (`[1m]`, `[5m:15s]`): how far back each sample of the query looks."""
 
 TrackKey = tuple[DeploymentRef, int, str, Scope]
@@ -521,8 +521,9 @@ class _View:
     @cached_property
     def release_effect(self) -> tuple[float, bool] | None:
         """(median new-minus-old difference, bad side positive; whether it exceeds the noise) over recent samples
-        taken at the same moment. None when no old pods are left to compare with (the rollout is complete)."""
-        if not self.old_fresh and self.rollout.old_replicas == 0:
+        taken at the same moment. None when no old pods are left to compare with (the rollout is complete; the
+        old pods' rate series linger a window longer, but they no longer serve what the new pods serve)."""
+        if self.rollout.old_replicas == 0:
             return None
         pairs = self.pairs(self.scorer.robust_samples)
         if not pairs:
@@ -631,7 +632,7 @@ class _View:
         the first sample; a small one needs more samples; a gap that closes (warm-up) is held back. The risk is
         NEW_POD_BREACH_RISK times the normal CDF of the statistic less RELEASE_Z."""
         scorer = self.scorer
-        if not self.new_fresh or not self.old_fresh:
+        if not self.new_fresh or not self.old_fresh or self.rollout.old_replicas == 0:
             return None
         new_track = self.tracks[Scope.NEW]
         pairs = self.pairs(scorer.robust_samples)

@@ -17,7 +17,7 @@ from predictor.config import MetricSpec, default_metric_pack
 from predictor.demo import SimulatedCluster, demo_config
 from predictor.detectors.forecast import DampedTrendForecaster
 from predictor.detectors.forest import RolloutIsolationForest, feature_names, history_features
-from predictor.detectors.rollout_scorer import ForecastScorer
+from predictor.detectors.rollout_scorer import ForecastScorer, _range_seconds
 from predictor.detectors.trend import SHARED_CAUSE_RISK_CAP
 from predictor.domain import Action, Assessment, DeploymentRef, Observation, RolloutState, Scope
 from predictor.engine import Engine
@@ -551,3 +551,35 @@ def test_a_rise_after_the_last_old_pod_left_is_not_the_release_s_unless_it_was_w
     worse = [(0.4, 0.5 + 0.01 * i, 0.4) for i in range(8)]  # new pods already worse and rising
     assessments = _risks(CPU, worse + climb, state)
     assert max(a.risk for a in assessments[8:]) >= RISK
+
+
+def test_old_pods_rate_series_lingering_after_the_last_one_left_are_no_comparison() -> None:
+    """A surge starts as the last old pod leaves. For a rate window the old pods' series still show their last,
+    calmer values: comparing the new pods with them would blame the release. Once the rollout state has no old
+    pod, the new pods are compared with nothing and the traffic tells the surge."""
+    def state(t: float) -> RolloutState:
+        done = t >= START + 8 * STEP
+        return replace(_rolling(t, new=8 if done else 2, old=0 if done else 6),
+                       completed_at=START + 8 * STEP if done else None)
+
+    calm = [(0.4, 0.4 + 0.002 * (i % 2), 0.4) for i in range(8)]
+    surge = [(v, v, 0.4 if i < 4 else None) for i, v in enumerate([0.55, 0.75, 0.95, 1.0, 1.0, 1.0, 1.0, 1.0])]
+    history, scorer, out = MetricHistory(HORIZON), ForecastScorer(step_seconds=STEP), []
+    for i, (dep, new, old) in enumerate(calm + surge):
+        t = START + i * STEP
+        traffic = 100.0 if i < 8 else 100.0 * 1.3 ** min(i - 7, 4)
+        history.add(2, [Observation(REF, CPU.name, scope, t, value, pods=2,
+                                    traffic=traffic if scope is Scope.DEPLOYMENT else None)
+                        for scope, value in ((Scope.DEPLOYMENT, dep), (Scope.NEW, new), (Scope.OLD, old))])
+        out.append(scorer.assess(state(t), CPU, history, t, HORIZON))
+    assert _first_acting_tick(out) is None, [a.reason for a in out[8:] if a.risk >= RISK]
+    assert not any("vs old pods" in a.reason for a in out[8:])
+    assert any("traffic rose" in a.reason for a in out[8:])
+
+
+@pytest.mark.parametrize(("query", "seconds"), [("rate(x[1m])", 60.0), ("rate(x[1m30s])", 90.0),
+                                                ("rate(x[500ms])", 0.5), ("max_over_time(x[1w])", 604800.0),
+                                                ("rate(x[5m:15s])", 300.0), ("x", 0.0),
+                                                ("increase(a[5m]) / rate(b[2h])", 7200.0)])
+def test_the_rate_window_is_read_from_any_promql_duration(query: str, seconds: float) -> None:
+    assert _range_seconds(query) == seconds
