@@ -58,11 +58,13 @@ class MetricHistory:
             horizon = obs.time - self.lookback_seconds
             while buffer and buffer[0][0] < horizon:
                 buffer.popleft()
-            if obs.scope is Scope.DEPLOYMENT and obs.traffic is not None and math.isfinite(obs.traffic):
-                # one traffic series per Deployment: the first ratio metric that reports it at a time
+            if (obs.scope is Scope.DEPLOYMENT and obs.traffic is not None and math.isfinite(obs.traffic)
+                    and obs.pods > 0):
+                # one traffic series per Deployment: the first ratio metric that reports it at a time, per pod
+                # that served it (pods come and go during a rollout, and a rate series appears a window late)
                 traffic = self._traffic.setdefault((obs.ref, revision), deque())
                 if not traffic or obs.time > traffic[-1][0]:
-                    traffic.append((obs.time, obs.traffic))
+                    traffic.append((obs.time, obs.traffic / obs.pods))
                 while traffic and traffic[0][0] < horizon:
                     traffic.popleft()
 
@@ -82,8 +84,10 @@ class MetricHistory:
         times, values, pods = zip(*known, strict=True)
         return Series(np.array(times), np.array(values, dtype=float), np.array(pods), trailing_unknown, last_error)
 
-    def traffic(self, ref: DeploymentRef, revision: int) -> tuple[np.ndarray, np.ndarray]:
-        """(times, requests/s) of the Deployment's traffic, oldest first: a ratio metric's summed denominator."""
+    def traffic_per_pod(self, ref: DeploymentRef, revision: int) -> tuple[np.ndarray, np.ndarray]:
+        """(times, requests/s per pod) of the Deployment's traffic, oldest first: a ratio metric's summed
+        denominator over the pods that reported it. Per pod, because while pods are replaced the sum dips by a
+        pod or two whose rate series are gone or not there yet, which is no change of the load."""
         buffer = self._traffic.get((ref, revision))
         if not buffer:
             return np.empty(0), np.empty(0)

@@ -29,8 +29,8 @@ a tick costs the same whatever the age of the rollout. Four kinds of evidence, t
 
 Evidence that old pods share (a traffic surge, a slow dependency) is capped at SHARED_CAUSE_RISK_CAP: the release
 is not its cause. Once no old pod is left (the bake after completion), a breach or forecast counts unless the
-Deployment's traffic (a ratio metric's denominator, `MetricHistory.traffic`) rose by `traffic_rise` within the
-trend's memory: a surge that comes after the last old pod left is felt by every pod at once and is not
+Deployment's traffic per pod (a ratio metric's denominator, `MetricHistory.traffic_per_pod`) rose by `traffic_rise`
+within the trend's memory: a surge that comes after the last old pod left is felt by every pod at once and is not
 attributable to the release, while a leak too young to show while old pods ran is. With no traffic series to tell
 by, it counts only if the new pods were worse than old pods the last time both ran. Old pods are summarised by
 the median of their recent samples, so one noisy old pod (or one scrape) does not flip the comparison. Unknown
@@ -151,9 +151,9 @@ class ForecastScorer:
       default `policy.lookback`).
     - `flatten_z`: standard errors of the curvature by which a rise is assumed to flatten (0: straight lines).
     - `recurring_events`: events (restarts) of the new pods within a count's window that make a loop.
-    - `traffic_rise`: once no old pod is left, a rise of the Deployment's traffic (a ratio metric's denominator)
-      by this share within `trend_memory_seconds` makes a breach or trend follow the load, not the release
-      (default 0.25; None: no traffic check).
+    - `traffic_rise`: once no old pod is left, a rise of the Deployment's traffic per pod (a ratio metric's
+      denominator) by this share within `trend_memory_seconds` makes a breach or trend follow the load, not the
+      release (default 0.25; None: no traffic check).
     - `urgency_discount` weighs a breach at the horizon this much less than one now (default 0: the risk is the
       probability of a breach within the horizon).
     """
@@ -275,7 +275,7 @@ class ForecastScorer:
             return Assessment(**base, risk=0.0, value=None, unknown=True, reason=f"{spec.name}: no data ({cause})")
         value = dep.last if dep_fresh else new.last
         view = _View(spec, rollout, now, horizon_seconds, self, tracks, dep_fresh, new_fresh, old_fresh,
-                     history.traffic(ref, revision))
+                     history.traffic_per_pod(ref, revision))
         evidence: list[_Evidence] = []
         notes: list[str] = []
         effect = view.release_effect
@@ -441,7 +441,7 @@ class _View:
     new_fresh: bool
     old_fresh: bool
     traffic: tuple[np.ndarray, np.ndarray]
-    """(times, requests/s) of the Deployment's traffic (`MetricHistory.traffic`), possibly empty."""
+    """(times, requests/s per pod) of the Deployment's traffic (`MetricHistory.traffic_per_pod`), possibly empty."""
     risks: dict[Scope, tuple[float, TrendForecast] | None] = field(default_factory=dict)
 
     @property
@@ -548,17 +548,17 @@ class _View:
 
     @cached_property
     def recent_traffic(self) -> list[float]:
-        """The Deployment's traffic (requests/s) within `trend_memory_seconds`; empty without `traffic_rise`."""
+        """The Deployment's traffic per pod within `trend_memory_seconds`; empty without `traffic_rise`."""
         if self.scorer.traffic_rise is None:
             return []
         times, values = self.traffic
         return values[times >= self.now - self.scorer.trend_memory_seconds].tolist()
 
     def load_note(self) -> str | None:
-        """Why a rise follows the load: the Deployment's traffic (median of its last 3 samples) is `traffic_rise`
-        or more above its lowest level within `trend_memory_seconds` (median of 5 samples: while pods are
-        replaced, the rate of a pod younger than its rate window under-counts, a dip of a sample or two that is no
-        level). A surge is felt by every pod; once no old pod is left to compare with, it is the only witness
+        """Why a rise follows the load: the Deployment's traffic per pod (median of its last 3 samples) is
+        `traffic_rise` or more above its lowest level within `trend_memory_seconds` (median of 5 samples: while
+        pods are replaced, the rate of a pod younger than its rate window under-counts, a dip of a sample or two
+        that is no level). A surge is felt by every pod; once no old pod is left to compare with, it is the only witness
         that the release did not cause the rise."""
         recent, span = self.recent_traffic, TRAFFIC_BASELINE_SAMPLES
         if self.scorer.traffic_rise is None or len(recent) < span:
@@ -567,9 +567,9 @@ class _View:
         now = _median(recent[-3:])
         if not (lowest > 0 and now >= lowest * (1.0 + self.scorer.traffic_rise)):
             return None
-        return (f"the Deployment's traffic rose {now / lowest - 1.0:.0%} ({lowest:.3g} -> {now:.3g} requests/s) "
-                f"within {format_duration(self.scorer.trend_memory_seconds)}: a rise that follows the load, with no "
-                f"old pod left to compare with, is not attributable to this release")
+        return (f"the Deployment's traffic rose {now / lowest - 1.0:.0%} ({lowest:.3g} -> {now:.3g} requests/s "
+                f"per pod) within {format_duration(self.scorer.trend_memory_seconds)}: a rise that follows the load, "
+                f"with no old pod left to compare with, is not attributable to this release")
 
     # Evidence 1 ---------------------------------------------------------------------------------------------
     def current(self) -> _Evidence | None:

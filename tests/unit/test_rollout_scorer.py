@@ -491,12 +491,12 @@ def test_the_history_keeps_one_traffic_series_per_deployment_revision() -> None:
         for metric, traffic in (("error_ratio", 10.0 + i), ("other_ratio", 99.0)):  # the first one at a time wins
             history.add(2, [Observation(REF, metric, Scope.DEPLOYMENT, t, 0.01, pods=2, traffic=traffic),
                             Observation(REF, metric, Scope.NEW, t, 0.01, pods=1, traffic=1000.0)])
-    times, values = history.traffic(REF, 2)
+    times, values = history.traffic_per_pod(REF, 2)
     assert (times - START).tolist() == [15.0, 30.0, 45.0, 60.0, 75.0]  # the lookback: 60 s before the last
-    assert values.tolist() == [11.0, 12.0, 13.0, 14.0, 15.0]
-    assert history.traffic(REF, 1)[0].size == 0
+    assert values.tolist() == [5.5, 6.0, 6.5, 7.0, 7.5]  # per pod: 2 pods served it
+    assert history.traffic_per_pod(REF, 1)[0].size == 0
     history.forget(REF)
-    assert history.traffic(REF, 2)[0].size == 0
+    assert history.traffic_per_pod(REF, 2)[0].size == 0
 
 
 @pytest.mark.parametrize("worse_before", [True, False])
@@ -583,3 +583,28 @@ def test_old_pods_rate_series_lingering_after_the_last_one_left_are_no_compariso
                                                 ("increase(a[5m]) / rate(b[2h])", 7200.0)])
 def test_the_rate_window_is_read_from_any_promql_duration(query: str, seconds: float) -> None:
     assert _range_seconds(query) == seconds
+
+
+def test_pods_missing_from_the_traffic_while_they_are_replaced_are_no_surge() -> None:
+    """At a 30 s scrape the rate series of a leaving pod ends, and a new pod's begins, a window apart: the
+    Deployment's summed traffic dips by two pods of five for minutes (as Prometheus gave it: 204, 163, 122 requests/s)
+    and comes back once the rollout completed. Per pod the load never changed, so a CPU climb after completion, which
+    the new pods already showed while old pods ran, stays the release's."""
+    def state(t: float) -> RolloutState:
+        done = t >= START + 8 * STEP
+        return replace(_rolling(t, new=5 if done else 2, old=0 if done else 3),
+                       completed_at=START + 8 * STEP if done else None)
+
+    serving = [5, 4, 3, 3, 3, 3, 3, 4] + [5] * 19
+    rows = [(0.4, 0.5 + 0.01 * i, 0.4) for i in range(8)] + [(0.4 + 0.03 * i, 0.4 + 0.03 * i, None)
+                                                            for i in range(1, 20)]
+    history, scorer, out = MetricHistory(HORIZON), ForecastScorer(step_seconds=STEP), []
+    for i, (dep, new, old) in enumerate(rows):
+        t = START + i * STEP
+        history.add(2, [Observation(REF, CPU.name, Scope.DEPLOYMENT, t, dep, pods=serving[i],
+                                    traffic=40.8 * serving[i] + (i % 3)),
+                        Observation(REF, CPU.name, Scope.NEW, t, new, pods=2),
+                        Observation(REF, CPU.name, Scope.OLD, t, old, pods=3)])
+        out.append(scorer.assess(state(t), CPU, history, t, HORIZON))
+    assert not any("traffic rose" in a.reason for a in out)
+    assert _first_acting_tick(out[8:]) is not None
