@@ -255,6 +255,8 @@ class Outcome:
     deployment: str
     start: float
     watch_end: float
+    completed: float | None = None
+    """When the rollout completed (every pod new), None if it never did within the data."""
     breach: float | None = None
     breach_metric: str | None = None
     acted: dict[str, float | None] = field(default_factory=dict)
@@ -448,7 +450,8 @@ def run_shard(args: ShardJob) -> tuple[list[Outcome], dict[str, float]]:
             key = (item.namespace, item.deployment)
             completed = rollout.completed_at(window_end)
             watch_end = min(window_end, completed + policy.bake_seconds) if completed is not None else window_end
-            outcome = Outcome(item.number, item.kind, item.namespace, item.deployment, item.start, watch_end)
+            outcome = Outcome(item.number, item.kind, item.namespace, item.deployment, item.start, watch_end,
+                              completed)
             outcome.breach, outcome.breach_metric = first_breach(
                 grids, thresholds, key, item.start, min(window_end, item.start + EVALUATION_SECONDS))
             actions = [d for d in by_ref.get(key, []) if d.revision == 2]
@@ -500,7 +503,7 @@ def _on_metric(outcome: Outcome, detector: str) -> Outcome:
     if outcome.acted_metric.get(detector) == outcome.breach_metric:
         return outcome
     return Outcome(outcome.number, outcome.kind, outcome.namespace, outcome.deployment, outcome.start,
-                   outcome.watch_end, outcome.breach, outcome.breach_metric)
+                   outcome.watch_end, outcome.completed, outcome.breach, outcome.breach_metric)
 
 
 def summary_rows(outcomes: Sequence[Outcome]) -> list[list[str]]:
@@ -560,6 +563,18 @@ def metric_rows(outcomes: Sequence[Outcome]) -> list[list[str]]:
     return rows
 
 
+def after_completion_note(breaching: Sequence[Outcome]) -> str:
+    """How many of the predictor's actions before the breach came once every pod was new, where a pause stops
+    nothing."""
+    early = [o for o in breaching if _before(o, "predictor")]
+    late = [o for o in early if o.completed is not None and o.acted["predictor"] is not None
+            and o.acted["predictor"] >= o.completed]
+    return (f"Of the predictor's {len(early)} actions before the breach, {len(late)} came after the rollout had "
+            f"completed: the default `action: pause` then stops nothing (it records why and alerts), `action: undo` "
+            f"rolls the release back. Acted before the breach while pods were still being replaced: "
+            f"{_pct(len(early) - len(late), len(breaching))} of the breaching bad releases.")
+
+
 def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
@@ -593,6 +608,8 @@ def report(outcomes: Sequence[Outcome], command: str, timings: Mapping[str, floa
         "'... on the metric that breached' counts an action only when its metric is the one whose breach came "
         "first: an action on another metric (e.g. a CPU trend on a memory leak) would have come on a healthy "
         "release as well.",
+        "",
+        after_completion_note(breaching),
         "",
         "## Per kind",
         "",
