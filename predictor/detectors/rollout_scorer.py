@@ -797,10 +797,7 @@ class _View:
             return found
         old = self._breach_risk(Scope.OLD) if self.old_fresh else None
         old_level = self.old_ref()
-        # while pods are replaced the Deployment's value moves with the mix of new and old pods, which is no trend
-        # of either: its own trend counts once every pod is new
-        mixing = self.rollout.old_replicas > 0 or self.old_fresh
-        for scope, label, fresh in ((Scope.DEPLOYMENT, "deployment", self.dep_fresh and not mixing),
+        for scope, label, fresh in ((Scope.DEPLOYMENT, "deployment", self.dep_fresh and not self.mixing),
                                     (Scope.NEW, "new pods", self.new_fresh and self.enough_new_pods())):
             if not fresh:
                 continue
@@ -845,6 +842,12 @@ class _View:
             found.append(_Evidence(risk, breach_at, reason))
         return found
 
+    @property
+    def mixing(self) -> bool:
+        """While pods are replaced the Deployment's value moves with the mix of new and old pods, which is no trend
+        of either: its own trend counts once every pod is new (and the old pods' rate series are gone)."""
+        return self.rollout.old_replicas > 0 or self.old_fresh
+
     def quiet_forecast(self) -> str:
         within = format_duration(self.horizon)
         result = self._breach_risk(Scope.DEPLOYMENT) if self.dep_fresh and not self.counts_events else None
@@ -852,5 +855,8 @@ class _View:
             return f"no breach predicted within {within} (" + (
                 "a count is not extrapolated)" if self.counts_events else "forecast not ready)")
         fc = result[1]
-        return (f"forecast {fc.forecast:.4g} ± {1.96 * fc.sd:.2g}, P(breach within {within}) = "
-                f"{fc.probability:.2f}; no breach predicted")
+        forecast = f"forecast {fc.forecast:.4g} ± {1.96 * fc.sd:.2g}, P(breach within {within}) = {fc.probability:.2f}"
+        if self.mixing and fc.probability >= 0.05:
+            return (f"the deployment's {forecast} is no evidence while new and old pods mix; neither the new pods' "
+                    f"trend nor their comparison with old pods predicts a breach")
+        return f"{forecast}; no breach predicted"

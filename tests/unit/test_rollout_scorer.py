@@ -608,3 +608,12 @@ def test_pods_missing_from_the_traffic_while_they_are_replaced_are_no_surge() ->
         out.append(scorer.assess(state(t), CPU, history, t, HORIZON))
     assert not any("traffic rose" in a.reason for a in out)
     assert _first_acting_tick(out[8:]) is not None
+
+
+def test_the_deployment_s_rise_with_the_mix_of_pods_is_explained_not_counted() -> None:
+    """New pods steady just below the threshold: as they take over, the Deployment's error ratio climbs toward
+    theirs, which a trend of the Deployment alone would extrapolate beyond it."""
+    rows = [(0.004 + 0.0028 * i, 0.045 + 0.0004 * (-1) ** i, 0.004) for i in range(16)]
+    assessments = _risks(ERRORS, rows)
+    assert max(a.risk for a in assessments) < 0.05
+    assert "is no evidence while new and old pods mix" in assessments[-1].reason
