@@ -117,8 +117,10 @@ class Observation:
     pods: int = 0
     """How many pods contributed; 0 when unknown."""
     traffic: float | None = None
-    """The scope's traffic when the metric is a ratio: its summed denominator (requests/s for an error ratio), known
-    even when too low for the ratio itself. The scorer tells a rise that follows the load from one that does not."""
+    """The scope's traffic when the metric is a ratio: its denominator per pod, the median over the scope's pods
+    (requests/s per pod for an error ratio; a median, because a pod younger than its rate window, or one whose
+    series is gone, under-counts while pods are replaced), known even when too low for the ratio itself. The
+    scorer tells a rise that follows the load from one that does not."""
 
     @property
     def known(self) -> bool:

@@ -15,6 +15,8 @@ import numpy as np
 from predictor.domain import DeploymentRef, Observation, RolloutState, Scope
 
 SeriesKey = tuple[DeploymentRef, int, str, Scope]
+TRAFFIC_START_SAMPLES = 3
+"""Samples of a revision's first traffic whose median is its traffic at the start (`traffic_at_start`)."""
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,7 @@ class MetricHistory:
         self.lookback_seconds = lookback_seconds
         self._samples: dict[SeriesKey, deque[tuple[float, float | None, int, str | None]]] = {}
         self._traffic: dict[tuple[DeploymentRef, int], deque[tuple[float, float]]] = {}
+        self._traffic_start: dict[tuple[DeploymentRef, int], list[float]] = {}
 
     def add(self, revision: int, observations: Iterable[Observation]) -> None:
         for obs in observations:
@@ -58,13 +61,14 @@ class MetricHistory:
             horizon = obs.time - self.lookback_seconds
             while buffer and buffer[0][0] < horizon:
                 buffer.popleft()
-            if (obs.scope is Scope.DEPLOYMENT and obs.traffic is not None and math.isfinite(obs.traffic)
-                    and obs.pods > 0):
-                # one traffic series per Deployment: the first ratio metric that reports it at a time, per pod
-                # that served it (pods come and go during a rollout, and a rate series appears a window late)
+            if obs.scope is Scope.DEPLOYMENT and obs.traffic is not None and math.isfinite(obs.traffic):
+                # one traffic series per Deployment: the first ratio metric that reports it at a time
                 traffic = self._traffic.setdefault((obs.ref, revision), deque())
                 if not traffic or obs.time > traffic[-1][0]:
-                    traffic.append((obs.time, obs.traffic / obs.pods))
+                    traffic.append((obs.time, obs.traffic))
+                    start = self._traffic_start.setdefault((obs.ref, revision), [])
+                    if len(start) < TRAFFIC_START_SAMPLES:
+                        start.append(obs.traffic)
                 while traffic and traffic[0][0] < horizon:
                     traffic.popleft()
 
@@ -85,14 +89,23 @@ class MetricHistory:
         return Series(np.array(times), np.array(values, dtype=float), np.array(pods), trailing_unknown, last_error)
 
     def traffic_per_pod(self, ref: DeploymentRef, revision: int) -> tuple[np.ndarray, np.ndarray]:
-        """(times, requests/s per pod) of the Deployment's traffic, oldest first: a ratio metric's summed
-        denominator over the pods that reported it. Per pod, because while pods are replaced the sum dips by a
-        pod or two whose rate series are gone or not there yet, which is no change of the load."""
+        """(times, requests/s per pod) of the Deployment's traffic, oldest first: a ratio metric's denominator per
+        pod (`Observation.traffic`). Per pod, because while pods are replaced the sum dips by a pod or two whose
+        rate series are gone or not there yet, which is no change of the load."""
         buffer = self._traffic.get((ref, revision))
         if not buffer:
             return np.empty(0), np.empty(0)
         times, values = zip(*buffer, strict=True)
         return np.array(times), np.array(values, dtype=float)
+
+    def traffic_at_start(self, ref: DeploymentRef, revision: int) -> float | None:
+        """The traffic per pod when the history of this revision began (the median of its first
+        TRAFFIC_START_SAMPLES samples, kept past the lookback), None before it has them all: the load before the
+        rollout's own churn, when nearly every pod was an old, settled one."""
+        start = self._traffic_start.get((ref, revision))
+        if start is None or len(start) < TRAFFIC_START_SAMPLES:
+            return None
+        return float(np.median(start))
 
     def forget(self, ref: DeploymentRef, keep_revision: int | None = None) -> None:
         """Drop the history of a Deployment (all revisions but `keep_revision`)."""
@@ -100,6 +113,8 @@ class MetricHistory:
             del self._samples[key]
         for key in [k for k in self._traffic if k[0] == ref and k[1] != keep_revision]:
             del self._traffic[key]
+        for key in [k for k in self._traffic_start if k[0] == ref and k[1] != keep_revision]:
+            del self._traffic_start[key]
 
     def refs(self) -> set[tuple[DeploymentRef, int]]:
         return {(k[0], k[1]) for k in self._samples}

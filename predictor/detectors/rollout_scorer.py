@@ -13,10 +13,11 @@ a tick costs the same whatever the age of the rollout. Four kinds of evidence, t
    abrupt regression breaches within a minute); a small one needs more samples; a gap that closes (the warm-up
    of new pods) is held back by the line's prediction error as much as by its slope;
 3. the local trend of the new pods (and of the Deployment once every pod is new: before, its value moves with the
-   mix of new and old pods): P(the trend's path is beyond the threshold within the horizon), from a discounted
-   quadratic regression (`LocalTrend`). A rise is extrapolated as a straight line only when the data rules out
-   its flattening (`flatten_z` standard errors of the curvature); until then it is assumed to level off at the
-   flattest curvature the data allows, so a cache filling up waits and a leak of constant pace acts early. A count
+   mix of new and old pods, so its trend starts afresh then and counts once it spans half its memory): P(the
+   trend's path is beyond the threshold within the horizon), from a discounted quadratic regression
+   (`LocalTrend`). A rise is extrapolated as a straight line only when the data rules out its flattening
+   (`flatten_z` standard errors of the curvature); until then it is assumed to level off at the flattest
+   curvature the data allows, so a cache filling up waits and a leak of constant pace acts early. A count
    of events (`increase()` of restarts: read from the MetricSpec's query or unit) is never extrapolated: a restart
    is one event, not a trend; instead new pods whose count recurs (`recurring_events` within the window, on two
    samples in a row) while old pods stay below one count as a crash loop when the restarts keep new pods from
@@ -105,6 +106,9 @@ class _Track:
     """When the series' first known sample was taken (for new pods: when the first of them served)."""
     trend: LocalTrend | None = None
     """The local quadratic trend of the (running-median filtered) samples: evidence 3."""
+    trend_from: float = -math.inf
+    """Samples before this time do not feed the trend (the Deployment's, while its pods mix, and one rate window
+    after); such a restarted trend counts once it spans half the trend's memory."""
 
 
 def _fmt(value: float | None) -> str:
@@ -264,8 +268,9 @@ class ForecastScorer:
             self._forget(ref)
             self._revisions[ref] = revision
         series = {scope: history.series(ref, revision, spec.name, scope) for scope in Scope}
+        mixing = rollout.old_replicas > 0 or _fresh(series[Scope.OLD])
         tracks = {scope: self._updated_track((ref, revision, spec.name, scope), spec, series[scope], now,
-                                             rollout.desired_replicas)
+                                             rollout.desired_replicas, mixing)
                   for scope in Scope}
         dep, new, old = (series[s] for s in Scope)
         base: dict[str, Any] = {"metric": spec.name, "threshold": spec.threshold, "direction": spec.direction}
@@ -275,7 +280,7 @@ class ForecastScorer:
             return Assessment(**base, risk=0.0, value=None, unknown=True, reason=f"{spec.name}: no data ({cause})")
         value = dep.last if dep_fresh else new.last
         view = _View(spec, rollout, now, horizon_seconds, self, tracks, dep_fresh, new_fresh, old_fresh,
-                     history.traffic_per_pod(ref, revision))
+                     history.traffic_per_pod(ref, revision), history.traffic_at_start(ref, revision))
         evidence: list[_Evidence] = []
         notes: list[str] = []
         effect = view.release_effect
@@ -327,7 +332,7 @@ class ForecastScorer:
         return self.seasons.get(f"{ref}:{metric}") if self.seasons else None
 
     def _updated_track(
-        self, key: TrackKey, spec: MetricSpec, series: Series, now: float, desired_replicas: int
+        self, key: TrackKey, spec: MetricSpec, series: Series, now: float, desired_replicas: int, mixing: bool
     ) -> _Track:
         per_pod = spec.aggregate == "sum" and spec.denominator is None and spec.quantile is None
         per_pod = per_pod and key[3] is not Scope.DEPLOYMENT
@@ -340,10 +345,16 @@ class ForecastScorer:
             forecaster.min_sigma = max(forecaster.min_sigma, self.sigma_floor_fraction * abs(limit), 1e-12)
             keep = max(self.robust_samples, self.min_new_samples, 3)
             track = _Track(forecaster, times=deque(maxlen=keep), values=deque(maxlen=keep), pods=deque(maxlen=keep),
-                           trend=LocalTrend(step_seconds=self.step_seconds, memory_seconds=self.trend_memory_seconds,
-                                            flatten_z=self.flatten_z, min_sigma=forecaster.min_sigma))
+                           trend=self._new_trend(forecaster.min_sigma))
             self._tracks[key] = track
         track.seen = now
+        window = _range_seconds(spec.query)
+        if mixing and key[3] is Scope.DEPLOYMENT:
+            # while pods are replaced the Deployment's value moves with the mix, which is no trend: its own trend
+            # starts once every pod is new and the last one's rate window is full
+            track.trend_from = now + window
+            if track.trend is not None and track.trend.count:
+                track.trend = self._new_trend(track.forecaster.min_sigma)
         season = self.season(key[0], key[2])
         season_scale = 1.0 / max(desired_replicas, 1) if per_pod else 1.0  # a sum's season, shared out per pod
         times = series.times
@@ -363,11 +374,15 @@ class ForecastScorer:
                     assert track.trend is not None
                     # the first samples of new pods look back over a window they did not all serve in: a rate
                     # ramps up over it (a start-up curve, no trend of the release), so the trend starts after it
-                    if key[3] is not Scope.NEW or t - track.first_time >= _range_seconds(spec.query):
+                    if t >= track.trend_from and (key[3] is not Scope.NEW or t - track.first_time >= window):
                         recent = list(track.values)[-track.forecaster.median_window:]
                         track.trend.update(t, _median_small(recent) - offset)
             track.last_time = float(times[-1])
         return track
+
+    def _new_trend(self, min_sigma: float) -> LocalTrend:
+        return LocalTrend(step_seconds=self.step_seconds, memory_seconds=self.trend_memory_seconds,
+                          flatten_z=self.flatten_z, min_sigma=min_sigma)
 
     # Forest -----------------------------------------------------------------------------------------------
     def _forest_score(
@@ -442,6 +457,8 @@ class _View:
     old_fresh: bool
     traffic: tuple[np.ndarray, np.ndarray]
     """(times, requests/s per pod) of the Deployment's traffic (`MetricHistory.traffic_per_pod`), possibly empty."""
+    traffic_start: float | None
+    """The traffic per pod when the rollout's history began (`MetricHistory.traffic_at_start`)."""
     risks: dict[Scope, tuple[float, TrendForecast] | None] = field(default_factory=dict)
 
     @property
@@ -556,14 +573,17 @@ class _View:
 
     def load_note(self) -> str | None:
         """Why a rise follows the load: the Deployment's traffic per pod (median of its last 3 samples) is
-        `traffic_rise` or more above its lowest level within `trend_memory_seconds` (median of 5 samples: while
-        pods are replaced, the rate of a pod younger than its rate window under-counts, a dip of a sample or two
-        that is no level). A surge is felt by every pod; once no old pod is left to compare with, it is the only witness
-        that the release did not cause the rise."""
+        `traffic_rise` or more above its level before: the lowest within `trend_memory_seconds` (median of 5
+        samples), or the level when the rollout began if that was higher. While pods are replaced, pods younger than
+        their rate window under-count, and a long rate window makes that dip last: the level at the start, before
+        the churn, is no dip. A surge is felt by every pod; once no old pod is left to compare with, it is the only
+        witness that the release did not cause the rise."""
         recent, span = self.recent_traffic, TRAFFIC_BASELINE_SAMPLES
         if self.scorer.traffic_rise is None or len(recent) < span:
             return None
         lowest = min(_median(recent[i:i + span]) for i in range(len(recent) - span + 1))
+        if self.traffic_start is not None:
+            lowest = max(lowest, self.traffic_start)
         now = _median(recent[-3:])
         if not (lowest > 0 and now >= lowest * (1.0 + self.scorer.traffic_rise)):
             return None
@@ -701,6 +721,11 @@ class _View:
         track = self.tracks[scope]
         trend = track.trend
         if trend is None or trend.count < self.scorer.min_forecast_samples:
+            return None
+        restarted = math.isfinite(track.trend_from)
+        if restarted and track.last_time - track.trend_from < self.scorer.trend_memory_seconds / 2:
+            # a trend restarted when the pods stopped mixing: until it spans half its memory, a few minutes of
+            # samples would be extrapolated over the whole horizon (the new pods' own trend speaks meanwhile)
             return None
         seasonal = self.season_offsets(scope)
         now_offset, worst = seasonal if seasonal is not None else (0.0, 0.0)
@@ -850,13 +875,13 @@ class _View:
 
     def quiet_forecast(self) -> str:
         within = format_duration(self.horizon)
+        if self.mixing and not self.counts_events:
+            return (f"no breach predicted within {within} (the deployment's own trend waits until every pod is new; "
+                    f"neither the new pods' trend nor their comparison with old pods predicts one)")
         result = self._breach_risk(Scope.DEPLOYMENT) if self.dep_fresh and not self.counts_events else None
         if result is None:
             return f"no breach predicted within {within} (" + (
                 "a count is not extrapolated)" if self.counts_events else "forecast not ready)")
         fc = result[1]
-        forecast = f"forecast {fc.forecast:.4g} ± {1.96 * fc.sd:.2g}, P(breach within {within}) = {fc.probability:.2f}"
-        if self.mixing and fc.probability >= 0.05:
-            return (f"the deployment's {forecast} is no evidence while new and old pods mix; neither the new pods' "
-                    f"trend nor their comparison with old pods predicts a breach")
-        return f"{forecast}; no breach predicted"
+        return (f"forecast {fc.forecast:.4g} ± {1.96 * fc.sd:.2g}, P(breach within {within}) = "
+                f"{fc.probability:.2f}; no breach predicted")

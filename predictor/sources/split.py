@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import re
+import statistics
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -156,7 +157,7 @@ class ScopeValue:
     pods: int
     error: str | None = None
     traffic: float | None = None
-    """A ratio's summed denominator (see `Observation.traffic`)."""
+    """A ratio's denominator per pod, the median over the pods (see `Observation.traffic`)."""
 
 
 def _is_finite(value: float) -> bool:
@@ -211,6 +212,7 @@ def combine_ratio(
         den_by_pod[(s.namespace, s.pod)].append(s.value)
     num_total: list[float] = []
     den_total: list[float] = []
+    per_pod: list[float] = []
     dropped = 0
     for pod, dens in den_by_pod.items():
         nums = num_by_pod.get(pod, [])
@@ -219,16 +221,18 @@ def combine_ratio(
             continue
         den_total.extend(dens)
         num_total.extend(nums)
+        per_pod.append(math.fsum(dens))
     pods = len(den_by_pod) - dropped
     if pods == 0:
         return ScopeValue(None, 0, f"no finite value: ignored {dropped} pod(s) with NaN/Inf values")
     den_sum = math.fsum(den_total)
+    traffic = statistics.median(per_pod)
     limit = max(min_denominator, TINY_DENOMINATOR)
     note = f"ignored {dropped} pod(s) with NaN/Inf values" if dropped else None
     if den_sum < limit:
         error = f"too little traffic: denominator {den_sum:.6g} < {limit:.6g} (min_denominator) over {pods} pod(s)"
-        return ScopeValue(None, pods, f"{error}; {note}" if note else error, traffic=den_sum)
-    return ScopeValue(math.fsum(num_total) / den_sum, pods, note, traffic=den_sum)
+        return ScopeValue(None, pods, f"{error}; {note}" if note else error, traffic=traffic)
+    return ScopeValue(math.fsum(num_total) / den_sum, pods, note, traffic=traffic)
 
 
 def bucket_quantile(q: float, buckets: Iterable[tuple[float, float]]) -> float:

@@ -493,10 +493,11 @@ def test_the_history_keeps_one_traffic_series_per_deployment_revision() -> None:
                             Observation(REF, metric, Scope.NEW, t, 0.01, pods=1, traffic=1000.0)])
     times, values = history.traffic_per_pod(REF, 2)
     assert (times - START).tolist() == [15.0, 30.0, 45.0, 60.0, 75.0]  # the lookback: 60 s before the last
-    assert values.tolist() == [5.5, 6.0, 6.5, 7.0, 7.5]  # per pod: 2 pods served it
+    assert values.tolist() == [11.0, 12.0, 13.0, 14.0, 15.0]
+    assert history.traffic_at_start(REF, 2) == 11.0  # the median of the first three, kept past the lookback
     assert history.traffic_per_pod(REF, 1)[0].size == 0
     history.forget(REF)
-    assert history.traffic_per_pod(REF, 2)[0].size == 0
+    assert history.traffic_per_pod(REF, 2)[0].size == 0 and history.traffic_at_start(REF, 2) is None
 
 
 @pytest.mark.parametrize("worse_before", [True, False])
@@ -585,24 +586,23 @@ def test_the_rate_window_is_read_from_any_promql_duration(query: str, seconds: f
     assert _range_seconds(query) == seconds
 
 
-def test_pods_missing_from_the_traffic_while_they_are_replaced_are_no_surge() -> None:
-    """At a 30 s scrape the rate series of a leaving pod ends, and a new pod's begins, a window apart: the
-    Deployment's summed traffic dips by two pods of five for minutes (as Prometheus gave it: 204, 163, 122 requests/s)
-    and comes back once the rollout completed. Per pod the load never changed, so a CPU climb after completion, which
-    the new pods already showed while old pods ran, stays the release's."""
+def test_the_traffic_dip_while_pods_are_replaced_is_no_surge_when_it_recovers() -> None:
+    """With `[5m]` rate windows most pods are younger than their window for minutes: the Deployment's traffic per
+    pod sinks while pods are replaced and comes back once they have served a whole window. Against the level
+    when the rollout began that return is no surge, so a CPU climb after completion, which the new pods already
+    showed while old pods ran, stays the release's."""
     def state(t: float) -> RolloutState:
         done = t >= START + 8 * STEP
         return replace(_rolling(t, new=5 if done else 2, old=0 if done else 3),
                        completed_at=START + 8 * STEP if done else None)
 
-    serving = [5, 4, 3, 3, 3, 3, 3, 4] + [5] * 19
+    per_pod = [40.8, 40.8, 40.8, 30.0, 26.0, 25.0, 25.0, 25.0, 26.0, 28.0, 30.0, 33.0, 36.0] + [40.8] * 14
     rows = [(0.4, 0.5 + 0.01 * i, 0.4) for i in range(8)] + [(0.4 + 0.03 * i, 0.4 + 0.03 * i, None)
                                                             for i in range(1, 20)]
     history, scorer, out = MetricHistory(HORIZON), ForecastScorer(step_seconds=STEP), []
     for i, (dep, new, old) in enumerate(rows):
         t = START + i * STEP
-        history.add(2, [Observation(REF, CPU.name, Scope.DEPLOYMENT, t, dep, pods=serving[i],
-                                    traffic=40.8 * serving[i] + (i % 3)),
+        history.add(2, [Observation(REF, CPU.name, Scope.DEPLOYMENT, t, dep, pods=5, traffic=per_pod[i] + i % 2),
                         Observation(REF, CPU.name, Scope.NEW, t, new, pods=2),
                         Observation(REF, CPU.name, Scope.OLD, t, old, pods=3)])
         out.append(scorer.assess(state(t), CPU, history, t, HORIZON))
@@ -616,4 +616,19 @@ def test_the_deployment_s_rise_with_the_mix_of_pods_is_explained_not_counted() -
     rows = [(0.004 + 0.0028 * i, 0.045 + 0.0004 * (-1) ** i, 0.004) for i in range(16)]
     assessments = _risks(ERRORS, rows)
     assert max(a.risk for a in assessments) < 0.05
-    assert "is no evidence while new and old pods mix" in assessments[-1].reason
+    assert "the deployment's own trend waits until every pod is new" in assessments[-1].reason
+
+
+def test_the_deployment_s_trend_starts_once_every_pod_is_new() -> None:
+    """New pods settle at an error ratio well above old pods' yet within the threshold; the Deployment's value
+    climbs toward theirs while pods are replaced and stays there once the rollout completed. That climb was the
+    mix, not a trend: no action after completion either."""
+    def state(t: float) -> RolloutState:
+        done = t >= START + 12 * STEP
+        return replace(_rolling(t, new=8 if done else 2, old=0 if done else 6),
+                       completed_at=START + 12 * STEP if done else None)
+
+    mixing = [(0.004 + 0.003 * i, 0.04 + 0.0004 * (-1) ** i, 0.004) for i in range(12)]
+    settled = [(0.04 + 0.0004 * (-1) ** i, 0.04 + 0.0004 * (-1) ** i, None) for i in range(28)]
+    assessments = _risks(ERRORS, mixing + settled, state)
+    assert max(a.risk for a in assessments) < 0.5, max(assessments, key=lambda a: a.risk).reason
