@@ -25,6 +25,10 @@ Lead = breach time - action time; a lead of zero or less, or no action, is a mis
 Usage (from the repository root; needs `prometheus` and `promtool` on PATH or /usr/bin):
 
     python benchmarks/decisions.py --count 25 --seed 1 --workers 2 [--scorer trend|forecast] [--policy horizon=10m]
+        [--scrape-interval 30] [--rate-window 5m]
+
+`--scrape-interval` and `--rate-window` replay the same scenarios as a cluster that scrapes less often or whose
+queries use longer rate windows would see them (the breach and the baselines read the same series).
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ import tempfile
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +67,7 @@ from predictor.config import (  # noqa: E402
     TLSConfig,
     format_duration,
     parse_config,
+    parse_duration,
 )
 from predictor.detectors.base import Scorer  # noqa: E402
 from predictor.domain import DeploymentRef  # noqa: E402
@@ -181,12 +186,36 @@ def _format_number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() and abs(value) < 1e15 else repr(float(value))
 
 
-def write_openmetrics(planned: Sequence[Planned], start: float, end: float, path: Path) -> int:
+@dataclass(frozen=True)
+class Scraping:
+    """How the cluster's Prometheus collects the series: the scrape interval, and the rate window of the default
+    pack's `rate(...[1m])` queries (and of the Deployment-level queries the breach and the baselines read)."""
+
+    interval_seconds: float = STEP_SECONDS
+    rate_window: str = "1m"
+
+    def check(self) -> None:
+        if not 0 < self.interval_seconds <= 60:
+            raise ValueError(f"the scrape interval must be within (0, 60] seconds, got {self.interval_seconds:g}")
+        window = parse_duration(self.rate_window)
+        if window < 2 * self.interval_seconds:
+            raise ValueError(f"a rate window of {self.rate_window} holds fewer than 2 samples scraped every "
+                             f"{self.interval_seconds:g} s")
+
+    def query(self, promql: str) -> str:
+        return promql.replace("[1m]", f"[{self.rate_window}]")
+
+    def describe(self) -> str:
+        return f"scraped every {self.interval_seconds:g} s, rate windows [{self.rate_window}]"
+
+
+def write_openmetrics(planned: Sequence[Planned], start: float, end: float, path: Path,
+                      scrape_seconds: float = STEP_SECONDS) -> int:
     """Each rollout's series, one after the other (promtool needs no grouping by family). Returns the samples."""
     samples = 0
     with path.open("w", encoding="utf-8") as handle:
         for item in planned:
-            for key, points in scenario_series([item.rollout()], start, end, STEP_SECONDS).items():
+            for key, points in scenario_series([item.rollout()], start, end, scrape_seconds).items():
                 handle.write("".join(f"{key} {_format_number(v)} {_format_number(t)}\n" for t, v in points))
                 samples += len(points)
         handle.write("# EOF\n")
@@ -275,13 +304,19 @@ class Outcome:
         return self.breach - acted
 
 
-def benchmark_config(url: str, namespaces: Iterable[str], policy: Mapping[str, str] | None = None) -> Config:
-    """What a user would write: the Prometheus URL and the namespaces; the default pack and the default policy
-    with `policy`'s keys (as in the config file's `policy:` section) replaced."""
+def benchmark_config(url: str, namespaces: Iterable[str], policy: Mapping[str, str] | None = None,
+                     scraping: Scraping = Scraping()) -> Config:
+    """What a user would write: the Prometheus URL and the namespaces; the default pack (its rate windows as
+    `scraping` says) and the default policy with `policy`'s keys (as in the config file's `policy:` section)
+    replaced."""
     raw: dict[str, Any] = {"prometheus": {"url": url}, "targets": [{"namespace": ns} for ns in namespaces]}
     if policy:
         raw["policy"] = dict(policy)
-    return parse_config(raw, "benchmark")
+    config = parse_config(raw, "benchmark")
+    metrics = tuple(replace(m, query=scraping.query(m.query),
+                            denominator=scraping.query(m.denominator) if m.denominator else None)
+                    for m in config.metrics)
+    return replace(config, metrics=metrics)
 
 
 def make_scorer(name: str, params: Mapping[str, float] | None = None) -> Scorer:
@@ -388,14 +423,15 @@ def linear(
     return first_run_of(failing, start, end, STEP_SECONDS, PREDICT_LINEAR_CONSECUTIVE)
 
 
-ShardJob = tuple[list[Planned], float, float, str, str, str, str | None, dict[str, str], dict[str, float]]
+ShardJob = tuple[list[Planned], float, float, str, str, str, str | None, dict[str, str], dict[str, float], Scraping]
 """(scenarios, data start, data end, prometheus, promtool, scorer name, directory to keep the data in or None,
-policy keys replaced, scorer parameters)"""
+policy keys replaced, scorer parameters, scraping)"""
 
 
 def run_shard(args: ShardJob) -> tuple[list[Outcome], dict[str, float]]:
     """Backfill one Prometheus with a shard's scenarios, replay the predictor over it and evaluate the baselines."""
-    planned, window_start, window_end, prometheus, promtool, scorer_name, keep, policy_overrides, scorer_params = args
+    (planned, window_start, window_end, prometheus, promtool, scorer_name, keep, policy_overrides, scorer_params,
+     scraping) = args
     logging.basicConfig(level=logging.ERROR)
     timings: dict[str, float] = {}
     workdir = Path(tempfile.mkdtemp(prefix="decisions-", dir=keep))
@@ -403,7 +439,7 @@ def run_shard(args: ShardJob) -> tuple[list[Outcome], dict[str, float]]:
     try:
         clock = time.monotonic()
         source = workdir / "series.om"
-        timings["samples"] = write_openmetrics(planned, window_start, window_end, source)
+        timings["samples"] = write_openmetrics(planned, window_start, window_end, source, scraping.interval_seconds)
         timings["generate_s"] = time.monotonic() - clock
         clock = time.monotonic()
         result = subprocess.run([promtool, "tsdb", "create-blocks-from", "openmetrics", str(source),
@@ -415,7 +451,7 @@ def run_shard(args: ShardJob) -> tuple[list[Outcome], dict[str, float]]:
         _progress(f"shard of {len(planned)}: {timings['samples']:.0f} samples generated in "
                   f"{timings['generate_s']:.0f} s and backfilled in {timings['backfill_s']:.0f} s")
         server = Prometheus(prometheus, workdir)
-        config = benchmark_config(server.url, [p.namespace for p in planned], policy_overrides)
+        config = benchmark_config(server.url, [p.namespace for p in planned], policy_overrides, scraping)
         policy = config.policy
 
         clock = time.monotonic()
@@ -433,10 +469,11 @@ def run_shard(args: ShardJob) -> tuple[list[Outcome], dict[str, float]]:
         thresholds = {spec.name: spec.threshold for spec in config.metrics}
         if set(thresholds) != set(DEPLOYMENT_QUERIES):
             raise RuntimeError(f"the default pack changed: {sorted(thresholds)}; update DEPLOYMENT_QUERIES")
-        grids = {m: range_grid(client, q, window_start, window_end) for m, q in DEPLOYMENT_QUERIES.items()}
+        grids = {m: range_grid(client, scraping.query(q), window_start, window_end)
+                 for m, q in DEPLOYMENT_QUERIES.items()}
         linear_grids = {
-            m: range_grid(client, f"predict_linear(({q})[10m:15s], {PREDICT_LINEAR_HORIZON_SECONDS:g})",
-                          window_start, window_end)
+            m: range_grid(client, f"predict_linear(({scraping.query(q)})[10m:15s], "
+                                  f"{PREDICT_LINEAR_HORIZON_SECONDS:g})", window_start, window_end)
             for m, q in DEPLOYMENT_QUERIES.items()
         }
         timings["baselines_s"] = time.monotonic() - clock
@@ -581,7 +618,8 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
-def report(outcomes: Sequence[Outcome], command: str, timings: Mapping[str, float], scorer: str) -> str:
+def report(outcomes: Sequence[Outcome], command: str, timings: Mapping[str, float], scorer: str,
+           scraping: Scraping = Scraping()) -> str:
     bad = [o for o in outcomes if o.bad]
     breaching = [o for o in bad if o.breach is not None]
     slow = [o for o in breaching if o.breach is not None and o.breach - o.start >= SLOW_BREACH_SECONDS]
@@ -594,7 +632,8 @@ def report(outcomes: Sequence[Outcome], command: str, timings: Mapping[str, floa
         f"{len(outcomes)} rollouts: {len(bad)} bad ({len(breaching)} breach within "
         f"{format_duration(EVALUATION_SECONDS)}, {len(slow)} of them {format_duration(SLOW_BREACH_SECONDS)} or more "
         f"after the rollout starts), {len(healthy)} healthy. Predictor scorer: `{scorer}`; default metric pack and "
-        f"policy. {timings['samples'] / 1e6:.1f} M samples backfilled. Wall time {timings['total_s']:.0f} s "
+        f"policy; series {scraping.describe()}. {timings['samples'] / 1e6:.1f} M samples backfilled. "
+        f"Wall time {timings['total_s']:.0f} s "
         "(summed over shards: " + ", ".join(f"{k.removesuffix('_s')} {v:.0f} s" for k, v in timings.items()
                                              if k.endswith("_s") and k != "total_s") + ").",
         "",
@@ -647,7 +686,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="replace a key of the default policy, as in the config file (e.g. horizon=10m)")
     parser.add_argument("--scorer-param", action="append", default=[], metavar="NAME=NUMBER",
                         help="a ForecastScorer parameter (e.g. flatten_z=2), to measure what it trades")
+    parser.add_argument("--scrape-interval", type=float, default=STEP_SECONDS, metavar="SECONDS",
+                        help="how often the series are scraped (default 15; many clusters scrape every 30)")
+    parser.add_argument("--rate-window", default="1m", metavar="DURATION",
+                        help="the default pack's rate window (default 1m; dashboards often use 5m)")
     args = parser.parse_args(argv)
+    scraping = Scraping(args.scrape_interval, args.rate_window)
+    try:
+        scraping.check()
+    except ValueError as exc:
+        parser.error(f"--scrape-interval/--rate-window: {exc}")
     policy_overrides = dict(item.partition("=")[::2] for item in args.policy)
     if any(not key or not value for key, value in policy_overrides.items()):
         parser.error("--policy: expected KEY=VALUE")
@@ -677,7 +725,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         planned = [[p for p in shard if p.number in wanted] for shard in planned]
     started = time.monotonic()
     jobs = [(p, window_start, window_end, prometheus, promtool, args.scorer, args.keep, policy_overrides,
-             scorer_params)
+             scorer_params, scraping)
             for p in planned if p]
     with multiprocessing.get_context("spawn").Pool(min(args.workers, len(jobs))) as pool:
         results = pool.map(run_shard, jobs)
@@ -689,7 +737,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     timings = {"total_s": time.monotonic() - started, **{k: v for k, v in timings.items() if k != "samples"},
                "samples": timings["samples"]}
     command = "python benchmarks/decisions.py " + shlex.join(sys.argv[1:] if argv is None else list(argv))
-    text = report(outcomes, command.strip(), timings, args.scorer)
+    text = report(outcomes, command.strip(), timings, args.scorer, scraping)
     print(text)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(text, encoding="utf-8")
