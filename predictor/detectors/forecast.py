@@ -593,6 +593,7 @@ class LocalTrend:
         """Weighted sums of y tau^k, k = 0..2."""
         self.yy = 0.0
         self.count = 0
+        self.first_time: float | None = None
         self.last_time: float | None = None
 
     def update(self, t: float, value: float) -> None:
@@ -619,6 +620,8 @@ class LocalTrend:
         self.n[0] += value
         self.yy += value * value
         self.count += 1
+        if self.first_time is None:
+            self.first_time = t
         self.last_time = t
 
     def fit(self) -> tuple[np.ndarray, np.ndarray, float] | None:

@@ -15,9 +15,10 @@ a tick costs the same whatever the age of the rollout. Four kinds of evidence, t
 3. the local trend of the new pods (and of the Deployment once every pod is new: before, its value moves with the
    mix of new and old pods, so its trend starts afresh then and counts once it spans half its memory): P(the
    trend's path is beyond the threshold within the horizon), from a discounted quadratic regression
-   (`LocalTrend`). A rise is extrapolated as a straight line only when the data rules out its flattening
-   (`flatten_z` standard errors of the curvature); until then it is assumed to level off at the flattest
-   curvature the data allows, so a cache filling up waits and a leak of constant pace acts early. A count
+   (`LocalTrend`), extrapolated at most EXTRAPOLATION_FACTOR times as far as it reaches back (a young trend
+   says little about the next half hour). A rise is extrapolated as a straight line only when the data rules out
+   its flattening (`flatten_z` standard errors of the curvature); until then it is assumed to level off at the
+   flattest curvature the data allows, so a cache filling up waits and a leak of constant pace acts early. A count
    of events (`increase()` of restarts: read from the MetricSpec's query or unit) is never extrapolated: a restart
    is one event, not a trend; instead new pods whose count recurs (`recurring_events` within the window, on two
    samples in a row) while old pods stay below one count as a crash loop when the restarts keep new pods from
@@ -72,6 +73,9 @@ NEGLIGIBLE_PROBABILITY = 1e-6
 """Below this bound of the breach probability a forecast is not computed step by step."""
 TRAFFIC_BASELINE_SAMPLES = 5
 """The traffic's lowest level is a median over this many samples, and the traffic test needs as many."""
+EXTRAPOLATION_FACTOR = 4.0
+"""A trend is extrapolated at most this many times the time it spans: a minute and a half of samples says little
+about the next half hour."""
 NEW_POD_BREACH_RISK = 0.95
 """Risk of a persisted, release-specific breach of the new pods (times the confidence of the margin)."""
 
@@ -730,7 +734,7 @@ class _View:
         seasonal = self.season_offsets(scope)
         now_offset, worst = seasonal if seasonal is not None else (0.0, 0.0)
         # the trend was fitted without the season: its path plus the season's worst within the horizon
-        forecast = trend.breach(self.limit(scope) - worst, self.spec.direction, self.horizon, self.lag(scope))
+        forecast = trend.breach(self.limit(scope) - worst, self.spec.direction, self.reach(scope), self.lag(scope))
         if forecast is None:
             return None
         if seasonal is not None:
@@ -739,6 +743,14 @@ class _View:
         at = forecast.seconds if forecast.seconds is not None else self.horizon
         weight = 1.0 - self.scorer.urgency_discount * min(at / self.horizon, 1.0)
         return forecast.probability * weight, forecast
+
+    def reach(self, scope: Scope) -> float:
+        """How far ahead the scope's trend is extrapolated: the horizon, or EXTRAPOLATION_FACTOR times the time the
+        trend spans if that is shorter."""
+        trend = self.tracks[scope].trend
+        if trend is None or trend.first_time is None or trend.last_time is None:
+            return self.horizon
+        return min(self.horizon, EXTRAPOLATION_FACTOR * (trend.last_time - trend.first_time))
 
     def lag(self, scope: Scope) -> float:
         """Seconds from the scope's last sample to now."""
@@ -835,7 +847,8 @@ class _View:
             name, thr = self.spec.name, self.limit(scope)
             if thr != self.spec.threshold:
                 label += " (per pod)"
-            within = format_duration(self.horizon)
+            reach = self.reach(scope)
+            within = format_duration(reach)
             when = f"reaches it in {format_duration(fc.seconds)}" if fc.seconds is not None else "stays short of it"
             shape = ("keeping its pace" if fc.damping_seconds is None else
                      f"levelling off with time constant {format_duration(fc.damping_seconds)} at the flattest the "
@@ -843,6 +856,9 @@ class _View:
             reason = (f"{name}: {label} {fc.level:.4g} trending {fc.slope * 60:+.3g}/min ({shape}), forecast "
                       f"{fc.forecast:.4g} ± {1.96 * fc.sd:.2g} in {within}; threshold {thr:g}: mean {when}, "
                       f"P(breach within {within}) = {fc.probability:.2f}{self.season_note(scope)}")
+            if reach < self.horizon:
+                reason += (f"; a trend of {format_duration(reach / EXTRAPOLATION_FACTOR)} is extrapolated "
+                           f"{EXTRAPOLATION_FACTOR:g} times as far, not the whole {format_duration(self.horizon)}")
             if scope is Scope.NEW:
                 reason += "; the deployment follows as the rollout completes"
             if risk > SETTLING_RISK_CAP and self.settles(scope):
@@ -883,5 +899,6 @@ class _View:
             return f"no breach predicted within {within} (" + (
                 "a count is not extrapolated)" if self.counts_events else "forecast not ready)")
         fc = result[1]
+        within = format_duration(self.reach(Scope.DEPLOYMENT))
         return (f"forecast {fc.forecast:.4g} ± {1.96 * fc.sd:.2g}, P(breach within {within}) = "
                 f"{fc.probability:.2f}; no breach predicted")

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from predictor.config import MetricSpec, default_metric_pack
 from predictor.demo import SimulatedCluster, demo_config
+from predictor.detectors import rollout_scorer
 from predictor.detectors.forecast import DampedTrendForecaster
 from predictor.detectors.forest import RolloutIsolationForest, feature_names, history_features
 from predictor.detectors.rollout_scorer import ForecastScorer, _range_seconds
@@ -632,3 +633,30 @@ def test_the_deployment_s_trend_starts_once_every_pod_is_new() -> None:
     settled = [(0.04 + 0.0004 * (-1) ** i, 0.04 + 0.0004 * (-1) ** i, None) for i in range(28)]
     assessments = _risks(ERRORS, mixing + settled, state)
     assert max(a.risk for a in assessments) < 0.5, max(assessments, key=lambda a: a.risk).reason
+
+
+MEMORY = next(s for s in SPECS if s.name == "memory_limit_ratio")
+
+
+@pytest.mark.parametrize("factor", [4.0, 1000.0])
+def test_a_young_trend_is_extrapolated_at_most_four_times_as_far_as_it_reaches_back(
+    factor: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """New pods' memory climbs 0.02 of the limit a minute from 0.5: 0.9 in 20 minutes. Read as a straight line
+    (`flatten_z=0`), its first two minutes already predict that within the 30-minute horizon; looked at 4 times
+    as far as it reaches back, a trend of t minutes acts once 4 t covers the 20 - t minutes left, after about 4
+    minutes, still 16 minutes early."""
+    monkeypatch.setattr(rollout_scorer, "EXTRAPOLATION_FACTOR", factor)
+    history, scorer, out = MetricHistory(HORIZON), ForecastScorer(step_seconds=STEP, flatten_z=0.0), []
+    for i in range(40):
+        t = START + i * STEP
+        new = 0.5 + 0.005 * i + 0.001 * (-1) ** i
+        _feed(history, MEMORY, t, new, new, 0.5)
+        out.append(scorer.assess(_rolling(t), MEMORY, history, t, 1800.0))
+    acting = _first_acting_tick(out)
+    assert acting is not None
+    if factor == 4.0:
+        assert 15 <= acting <= 20, acting  # 3m45s .. 5m00s
+        assert any("is extrapolated 4 times as far, not the whole 30m00s" in a.reason for a in out[:acting])
+    else:
+        assert acting <= 10, acting
