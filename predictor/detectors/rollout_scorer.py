@@ -758,13 +758,13 @@ class _View:
         return max(0.0, self.now - last) if math.isfinite(last) else 0.0
 
     def season_offsets(self, scope: Scope) -> tuple[float, float] | None:
-        """(the season's offset now, its worst offset within the horizon) in the scope's units, or None without a
-        trained season for this Deployment and metric."""
+        """(the season's offset now, its worst offset as far ahead as the scope's trend is extrapolated) in the
+        scope's units, or None without a trained season for this Deployment and metric."""
         season = self.scorer.season(self.rollout.ref, self.spec.name)
         if season is None:
             return None
         scale = self.limit(scope) / self.spec.threshold if self.spec.threshold else 1.0
-        worst = season.worst_offset(self.now, self.now + self.horizon, self.spec.direction)
+        worst = season.worst_offset(self.now, self.now + self.reach(scope), self.spec.direction)
         return season.offset(self.now) * scale, worst * scale
 
     def season_alone_probability(self, scope: Scope) -> float | None:
@@ -782,7 +782,7 @@ class _View:
         if seasonal is None:
             return ""
         now_offset, worst = seasonal
-        return (f"; the trend is net of the trained season, whose worst within {format_duration(self.horizon)} "
+        return (f"; the trend is net of the trained season, whose worst within {format_duration(self.reach(scope))} "
                 f"adds {worst - now_offset:+.3g} (in the forecast)")
 
     @property
