@@ -187,6 +187,11 @@ class TrainResult:
                      f"{min(samples.values()) if samples else 0}..{max(samples.values()) if samples else 0} samples "
                      f"per metric; validated on {validation['rollouts']} rollout(s) {validation['start']} – "
                      f"{validation['end']}")
+        seasons, no_season = data.get("seasons", {}), data.get("no_season", {})
+        why = "; ".join(f"{key}: {reason}" for key, reason in sorted(no_season.items())[:3])
+        more = " ..." if len(no_season) > 3 else ""
+        lines.append(f"seasonal profiles: {', '.join(sorted(seasons)) or 'none'}"
+                     + (f" (none for {len(no_season)}: {why}{more})" if no_season else ""))
         lines.append(f"candidate: {describe_figures(self.figures)}")
         lines.append(f"current ({self.current_model}): {describe_figures(self.current_figures)}")
         if self.promoted:

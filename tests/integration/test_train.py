@@ -168,6 +168,7 @@ def test_the_first_training_writes_an_artifact_with_the_metadata_the_brief_asks(
     # 23 minutes of history hold no day: no seasonal profile, and the summary says why
     assert metadata["data_summary"]["seasons"] == {}
     assert metadata["data_summary"]["no_season"] == {"*": "the window covers 0.4 h, a 24 h season needs 48 h"}
+    assert "seasonal profiles: none (none for 1: *: the window covers 0.4 h" in first.summary()
 
 
 @pytest.mark.prometheus
