@@ -272,18 +272,20 @@ class ForecastScorer:
             self._forget(ref)
             self._revisions[ref] = revision
         series = {scope: history.series(ref, revision, spec.name, scope) for scope in Scope}
-        mixing = rollout.old_replicas > 0 or _fresh(series[Scope.OLD])
+        dep, new, old = (series[s] for s in Scope)
+        dep_fresh, new_fresh, old_fresh = (_fresh(s) for s in (dep, new, old))
+        # while pods are replaced the Deployment's value moves with the mix of new and old pods, which is no trend
+        # of either: its own trend counts once every pod is new (and the old pods' rate series are gone)
+        mixing = rollout.old_replicas > 0 or old_fresh
         tracks = {scope: self._updated_track((ref, revision, spec.name, scope), spec, series[scope], now,
                                              rollout.desired_replicas, mixing)
                   for scope in Scope}
-        dep, new, old = (series[s] for s in Scope)
         base: dict[str, Any] = {"metric": spec.name, "threshold": spec.threshold, "direction": spec.direction}
-        dep_fresh, new_fresh, old_fresh = (_fresh(s) for s in (dep, new, old))
         if not dep_fresh and not new_fresh:
             cause = dep.last_error or new.last_error or "no samples yet"
             return Assessment(**base, risk=0.0, value=None, unknown=True, reason=f"{spec.name}: no data ({cause})")
         value = dep.last if dep_fresh else new.last
-        view = _View(spec, rollout, now, horizon_seconds, self, tracks, dep_fresh, new_fresh, old_fresh,
+        view = _View(spec, rollout, now, horizon_seconds, self, tracks, dep_fresh, new_fresh, old_fresh, mixing,
                      history.traffic_per_pod(ref, revision), history.traffic_at_start(ref, revision))
         evidence: list[_Evidence] = []
         notes: list[str] = []
@@ -459,6 +461,8 @@ class _View:
     dep_fresh: bool
     new_fresh: bool
     old_fresh: bool
+    mixing: bool
+    """Old pods still serve (or their rate series linger): the Deployment's value moves with the mix."""
     traffic: tuple[np.ndarray, np.ndarray]
     """(times, requests/s per pod) of the Deployment's traffic (`MetricHistory.traffic_per_pod`), possibly empty."""
     traffic_start: float | None
@@ -882,12 +886,6 @@ class _View:
             breach_at = self.now + fc.seconds if fc.seconds is not None else None
             found.append(_Evidence(risk, breach_at, reason))
         return found
-
-    @property
-    def mixing(self) -> bool:
-        """While pods are replaced the Deployment's value moves with the mix of new and old pods, which is no trend
-        of either: its own trend counts once every pod is new (and the old pods' rate series are gone)."""
-        return self.rollout.old_replicas > 0 or self.old_fresh
 
     def quiet_forecast(self) -> str:
         within = format_duration(self.horizon)
