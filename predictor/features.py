@@ -9,6 +9,7 @@ import math
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -109,12 +110,10 @@ class MetricHistory:
 
     def forget(self, ref: DeploymentRef, keep_revision: int | None = None) -> None:
         """Drop the history of a Deployment (all revisions but `keep_revision`)."""
-        for key in [k for k in self._samples if k[0] == ref and k[1] != keep_revision]:
-            del self._samples[key]
-        for key in [k for k in self._traffic if k[0] == ref and k[1] != keep_revision]:
-            del self._traffic[key]
-        for key in [k for k in self._traffic_start if k[0] == ref and k[1] != keep_revision]:
-            del self._traffic_start[key]
+        stores: tuple[dict[Any, Any], ...] = (self._samples, self._traffic, self._traffic_start)
+        for store in stores:
+            for key in [k for k in store if k[0] == ref and k[1] != keep_revision]:
+                del store[key]
 
     def refs(self) -> set[tuple[DeploymentRef, int]]:
         return {(k[0], k[1]) for k in self._samples}

@@ -139,7 +139,8 @@ class SeasonalProfile:
         return float(np.ptp(self.profile_))
 
     def offset(self, t: float) -> float:
-        """The season's share of the value at time `t` (seconds), interpolated between bin centres."""
+        """The season's share of the value at time `t` (seconds), interpolated between bin centres. The scalar twin
+        of `offsets`, for the scorer's per-sample path, where numpy's per-call cost would dominate."""
         self._check_fitted()
         position = t / self.bin_seconds - 0.5
         below = math.floor(position)
@@ -159,14 +160,13 @@ class SeasonalProfile:
     def worst_offset(self, start: float, end: float, direction: Direction) -> float:
         """The offset furthest toward the bad side between `start` and `end` (the ends and every bin centre
         between them: the interpolated profile is piecewise linear, so its extremes lie there)."""
-        self._check_fitted()
         points = [start, end]
         centre = (math.floor(start / self.bin_seconds - 0.5) + 1.5) * self.bin_seconds
         while centre < end and len(points) < self.phases + 2:
             points.append(centre)
             centre += self.bin_seconds
-        offsets = [self.offset(p) for p in points]
-        return max(offsets) if direction is Direction.ABOVE else min(offsets)
+        offsets = self.offsets(np.asarray(points))
+        return float(offsets.max() if direction is Direction.ABOVE else offsets.min())
 
     # Persistence --------------------------------------------------------------------------------------------
     def get_state(self) -> dict[str, Any]:
