@@ -22,6 +22,11 @@ or the end of the data for a rollout that never completes. The breach time comes
 after the rollout's start at which any metric's Deployment-level value reaches its threshold (within 35 minutes).
 Lead = breach time - action time; a lead of zero or less, or no action, is a miss and counts as no lead.
 
+The report also gives the bound the data sets every detector: the first steps at which the new ReplicaSet's pods
+(by their pod-template-hash) can be read on the metric that breached (`NEW_POD_EVIDENCE`: a per-pod series that
+exists, e.g. a rate once two scrapes are in). A release whose breach comes at that first step cannot be acted on
+before its breach by anything that reads these series.
+
 Usage (from the repository root; needs `prometheus` and `promtool` on PATH or /usr/bin):
 
     python benchmarks/decisions.py --count 25 --seed 1 --workers 2 [--scorer trend|forecast] [--policy horizon=10m]
