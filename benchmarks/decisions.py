@@ -232,12 +232,13 @@ class Scraping:
 
 
 def write_openmetrics(planned: Sequence[Planned], start: float, end: float, path: Path,
-                      scrape_seconds: float = STEP_SECONDS) -> int:
+                      scrape_seconds: float = STEP_SECONDS, count_noise: bool = False) -> int:
     """Each rollout's series, one after the other (promtool needs no grouping by family). Returns the samples."""
     samples = 0
     with path.open("w", encoding="utf-8") as handle:
         for item in planned:
-            for key, points in scenario_series([item.rollout()], start, end, scrape_seconds).items():
+            rollout = replace(item.rollout(), count_noise=count_noise)
+            for key, points in scenario_series([rollout], start, end, scrape_seconds).items():
                 handle.write("".join(f"{key} {_format_number(v)} {_format_number(t)}\n" for t, v in points))
                 samples += len(points)
         handle.write("# EOF\n")
@@ -448,15 +449,16 @@ def linear(
     return first_run_of(failing, start, end, STEP_SECONDS, PREDICT_LINEAR_CONSECUTIVE)
 
 
-ShardJob = tuple[list[Planned], float, float, str, str, str, str | None, dict[str, str], dict[str, float], Scraping]
+ShardJob = tuple[list[Planned], float, float, str, str, str, str | None, dict[str, str], dict[str, float], Scraping,
+                 bool]
 """(scenarios, data start, data end, prometheus, promtool, scorer name, directory to keep the data in or None,
-policy keys replaced, scorer parameters, scraping)"""
+policy keys replaced, scorer parameters, scraping, count noise)"""
 
 
 def run_shard(args: ShardJob) -> tuple[list[Outcome], dict[str, float]]:
     """Backfill one Prometheus with a shard's scenarios, replay the predictor over it and evaluate the baselines."""
     (planned, window_start, window_end, prometheus, promtool, scorer_name, keep, policy_overrides, scorer_params,
-     scraping) = args
+     scraping, count_noise) = args
     logging.basicConfig(level=logging.ERROR)
     timings: dict[str, float] = {}
     workdir = Path(tempfile.mkdtemp(prefix="decisions-", dir=keep))
@@ -464,7 +466,8 @@ def run_shard(args: ShardJob) -> tuple[list[Outcome], dict[str, float]]:
     try:
         clock = time.monotonic()
         source = workdir / "series.om"
-        timings["samples"] = write_openmetrics(planned, window_start, window_end, source, scraping.interval_seconds)
+        timings["samples"] = write_openmetrics(planned, window_start, window_end, source, scraping.interval_seconds,
+                                               count_noise)
         timings["generate_s"] = time.monotonic() - clock
         clock = time.monotonic()
         result = subprocess.run([promtool, "tsdb", "create-blocks-from", "openmetrics", str(source),
@@ -673,7 +676,7 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def report(outcomes: Sequence[Outcome], command: str, timings: Mapping[str, float], scorer: str,
-           scraping: Scraping = Scraping()) -> str:
+           scraping: Scraping = Scraping(), count_noise: bool = False) -> str:
     bad = [o for o in outcomes if o.bad]
     breaching = [o for o in bad if o.breach is not None]
     slow = [o for o in breaching if o.breach is not None and o.breach - o.start >= SLOW_BREACH_SECONDS]
@@ -686,7 +689,9 @@ def report(outcomes: Sequence[Outcome], command: str, timings: Mapping[str, floa
         f"{len(outcomes)} rollouts: {len(bad)} bad ({len(breaching)} breach within "
         f"{format_duration(EVALUATION_SECONDS)}, {len(slow)} of them {format_duration(SLOW_BREACH_SECONDS)} or more "
         f"after the rollout starts), {len(healthy)} healthy. Predictor scorer: `{scorer}`; default metric pack and "
-        f"policy; series {scraping.describe()}. {timings['samples'] / 1e6:.1f} M samples backfilled. "
+        f"policy; series {scraping.describe()}"
+        f"{', request counts drawn at random' if count_noise else ''}. {timings['samples'] / 1e6:.1f} M samples "
+        "backfilled. "
         f"Wall time {timings['total_s']:.0f} s "
         "(summed over shards: " + ", ".join(f"{k.removesuffix('_s')} {v:.0f} s" for k, v in timings.items()
                                              if k.endswith("_s") and k != "total_s") + ").",
@@ -747,6 +752,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="how often the series are scraped (default 15; many clusters scrape every 30)")
     parser.add_argument("--rate-window", default="1m", metavar="DURATION",
                         help="the default pack's rate window (default 1m; dashboards often use 5m)")
+    parser.add_argument("--count-noise", action="store_true",
+                        help="draw request, error and latency-bucket counts at random (Poisson), as real counters "
+                             "grow, instead of their expected values")
     args = parser.parse_args(argv)
     scraping = Scraping(args.scrape_interval, args.rate_window)
     try:
@@ -782,7 +790,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         planned = [[p for p in shard if p.number in wanted] for shard in planned]
     started = time.monotonic()
     jobs = [(p, window_start, window_end, prometheus, promtool, args.scorer, args.keep, policy_overrides,
-             scorer_params, scraping)
+             scorer_params, scraping, args.count_noise)
             for p in planned if p]
     with multiprocessing.get_context("spawn").Pool(min(args.workers, len(jobs))) as pool:
         results = pool.map(run_shard, jobs)
@@ -794,7 +802,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     timings = {"total_s": time.monotonic() - started, **{k: v for k, v in timings.items() if k != "samples"},
                "samples": timings["samples"]}
     command = "python benchmarks/decisions.py " + shlex.join(sys.argv[1:] if argv is None else list(argv))
-    text = report(outcomes, command.strip(), timings, args.scorer, scraping)
+    text = report(outcomes, command.strip(), timings, args.scorer, scraping, args.count_noise)
     print(text)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(text, encoding="utf-8")

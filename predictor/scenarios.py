@@ -186,6 +186,7 @@ class ScenarioRollout(SimulatedRollout):
     new_hash: str = NEW_HASH
     memory_limit_bytes: float = float(MEMORY_LIMIT_BYTES)
     cpu_limit_cores: float = CPU_LIMIT_CORES
+    count_noise: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -691,9 +692,21 @@ def _accumulate(rollout: SimulatedRollout, pod: _Pod, t: float, seconds: float, 
     ready_pods = sum(1 for i in range(new_count) if _ready(rollout, True, i, t)) + rollout.replicas - new_count
     requests = _requests_per_second(rollout, t, ready_pods) * seconds
     error_ratio = min(max(value("error_ratio"), 0.0), 1.0)
+    shares = bucket_shares(value("latency_p99"))
+    if isinstance(rollout, ScenarioRollout) and rollout.count_noise:
+        rng = _noise_rng(rollout.seed, pod.sim_id, t, "counts", pod.new)
+        served = int(rng.poisson(requests))
+        errors = int(rng.binomial(served, error_ratio))
+        in_bucket = np.diff(np.asarray(shares), prepend=0.0).clip(min=0.0)
+        drawn = np.cumsum(rng.multinomial(served, in_bucket / in_bucket.sum()))
+        counters.ok += served - errors
+        counters.errors += errors
+        for i, count in enumerate(drawn.tolist()):
+            counters.buckets[i] += count
+        return
     counters.ok += requests * (1.0 - error_ratio)
     counters.errors += requests * error_ratio
-    for i, share in enumerate(bucket_shares(value("latency_p99"))):
+    for i, share in enumerate(shares):
         counters.buckets[i] += requests * share
 
 

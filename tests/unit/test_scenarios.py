@@ -148,6 +148,31 @@ def test_with_its_defaults_a_scenario_rollout_is_the_simulator() -> None:
         assert scenario.breach_time("error_ratio", 0.05, END) == plain.breach_time("error_ratio", 0.05, END)
 
 
+def test_count_noise_draws_the_counters_as_real_ones_grow() -> None:
+    """Poisson requests, binomial errors, multinomial buckets: whole counts whose increments scatter as counts do
+    around the expected values the noiseless counters follow, reproducibly."""
+    noisy = ScenarioRollout(REF, "healthy", START, replicas=3, seed=8, requests_per_second=2.0, count_noise=True)
+    plain = replace(noisy, count_noise=False)
+    series = scenario_series([noisy], T0, END)
+    assert series == scenario_series([noisy], T0, END)
+    name = pod_name(noisy, False, 0)
+    ok = one(series, "http_requests_total", pod=name, code="200")
+    errors = one(series, "http_requests_total", pod=name, code="500")
+    expected_ok = one(scenario_series([plain], T0, END), "http_requests_total", pod=name, code="200")
+    times = sorted(ok)
+    served = np.diff([ok[t] + errors[t] for t in times])
+    assert all(float(v).is_integer() for v in (*ok.values(), *errors.values()))
+    assert served.mean() == pytest.approx(2.0 * 15, rel=0.1)  # 2 requests a second, 15 s scrapes
+    assert served.var() == pytest.approx(served.mean(), rel=0.35)  # Poisson: the variance is the mean
+    assert ok[times[-1]] - ok[times[0]] == pytest.approx(expected_ok[times[-1]] - expected_ok[times[0]], rel=0.05)
+    total_errors = errors[times[-1]] - errors[times[0]]
+    assert 0 < total_errors < 0.05 * served.sum()
+    buckets = [one(series, "http_request_duration_seconds_bucket", pod=name, le=le_label(b)) for b in BUCKETS]
+    for t in times:
+        counts = [b[t] for b in buckets]
+        assert counts == sorted(counts) and counts[-1] == ok[t] + errors[t]
+
+
 # --- Kubernetes' names and the life of pods ------------------------------------------------------------------------
 
 
