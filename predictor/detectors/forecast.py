@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections import deque
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from typing import Any, NamedTuple, Self
@@ -561,6 +562,11 @@ class TrendForecast(NamedTuple):
     damping_seconds: float | None
 
 
+CORRELATION_LAGS = 6
+"""Lags over which `LocalTrend` measures how correlated its samples are: a [1m] rate scraped every 15 s shares data
+with the next 3 samples, and the scorer's running median of 3 spreads that by 2 more."""
+
+
 class LocalTrend:
     """A discounted local quadratic regression y ~ a + b tau + c tau^2 around the last sample, in constant time.
 
@@ -574,7 +580,8 @@ class LocalTrend:
     bound of c): until enough samples show that a rise keeps its pace, it is assumed to level off, so an uncertain
     trend waits and a confident one is extrapolated (as a straight line; an acceleration is never extrapolated).
     The probability counts the uncertainty of the level and slope (the regression's covariance with the residual
-    sigma, floored at `min_sigma`), not the noise of single future samples: a breach is of the level, and a path
+    sigma, inflated by the samples' long-run variance factor, since overlapping rate windows and running medians
+    make successive samples correlated, and floored at `min_sigma`), not the noise of single future samples: a breach is of the level, and a path
     that rises (and at most flattens) is beyond the threshold within the horizon exactly when it is at the horizon.
     """
 
@@ -592,6 +599,11 @@ class LocalTrend:
         self.n = [0.0] * 3
         """Weighted sums of y tau^k, k = 0..2."""
         self.yy = 0.0
+        self.lag_squares = [0.0] * CORRELATION_LAGS
+        """Weighted sums of (y_t - y_t-k)^2 over samples k steps apart, k = 1..CORRELATION_LAGS."""
+        self.lag_weights = [0.0] * CORRELATION_LAGS
+        self.recent: deque[float] = deque(maxlen=CORRELATION_LAGS)
+        """The last samples, one step apart (emptied by a gap)."""
         self.count = 0
         self.first_time: float | None = None
         self.last_time: float | None = None
@@ -616,6 +628,14 @@ class LocalTrend:
             n0, n1, n2 = n
             self.n = [decay * v for v in (n0, n1 - d * n0, n2 - 2 * d * n1 + d * d * n0)]
             self.yy *= decay
+            self.lag_squares = [decay * v for v in self.lag_squares]
+            self.lag_weights = [decay * v for v in self.lag_weights]
+            if d > 1.5:
+                self.recent.clear()  # a gap: the samples before it are not a whole number of steps back
+        for k, earlier in enumerate(reversed(self.recent)):
+            self.lag_squares[k] += (value - earlier) ** 2
+            self.lag_weights[k] += 1.0
+        self.recent.append(value)
         self.m[0] += 1.0
         self.n[0] += value
         self.yy += value * value
@@ -625,7 +645,8 @@ class LocalTrend:
         self.last_time = t
 
     def fit(self) -> tuple[np.ndarray, np.ndarray, float] | None:
-        """(a, b, c) at the last sample (per step), their covariance and the residual sigma; None when singular."""
+        """(a, b, c) at the last sample (per step), their covariance and the residual sigma (inflated for correlated
+        samples, floored at `min_sigma`); None when singular."""
         if self.count < 4:
             return None
         m, n = self.m, self.n
@@ -640,8 +661,26 @@ class LocalTrend:
         beta = inverse @ rhs
         rss = max(self.yy - float(beta @ rhs), 0.0)
         dof = max(m[0] - 3.0, 1.0)
-        sigma = max(math.sqrt(rss / dof), self.min_sigma)
+        raw = math.sqrt(rss / dof)
+        # the residual sigma as the level and slope see it: inflated for correlated samples, then floored
+        sigma = max(raw * math.sqrt(self.variance_inflation(raw, float(beta[1]))), self.min_sigma)
         return beta, inverse * sigma * sigma, sigma
+
+    def variance_inflation(self, sigma: float, slope: float) -> float:
+        """How much a regression's variances understate the truth when successive samples are correlated, as rate
+        windows overlapping from one scrape to the next make them: Newey-West's long-run variance factor
+        1 + 2 sum_k (1 - k / (K + 1)) rho_k, with the autocorrelation at lag k read from the samples k steps apart
+        (E[(y_t - y_t-k - k slope)^2] = 2 sigma^2 (1 - rho_k))."""
+        if sigma <= 0:
+            return 1.0
+        factor = 1.0
+        for k, (squares, weight) in enumerate(zip(self.lag_squares, self.lag_weights, strict=True), start=1):
+            if weight < 3.0:
+                break
+            mean_square = max(squares / weight - (k * slope) ** 2, 0.0)
+            rho = min(max(1.0 - mean_square / (2.0 * sigma * sigma), 0.0), 1.0)
+            factor += 2.0 * (1.0 - k / (CORRELATION_LAGS + 1)) * rho
+        return factor
 
     def _line(self, sigma: float) -> tuple[float, float, np.ndarray] | None:
         """(level at the last sample, slope per step, covariance) of the weighted straight line, or None."""

@@ -219,6 +219,35 @@ def _trend_over(values: np.ndarray, memory: float = 600.0, **params: float) -> L
     return trend
 
 
+def _residual_sigma(trend: LocalTrend) -> float:
+    """The quadratic fit's residual sigma before any inflation or floor."""
+    m, n = trend.m, trend.n
+    beta = np.linalg.solve(np.array([[m[0], m[1], m[2]], [m[1], m[2], m[3]], [m[2], m[3], m[4]]]), np.array(n))
+    return math.sqrt(max(trend.yy - float(beta @ np.array(n)), 0.0) / (m[0] - 3.0))
+
+
+def test_samples_of_overlapping_rate_windows_do_not_make_a_flat_series_look_like_a_trend() -> None:
+    """A [1m] rate scraped every 15 s averages four 15-s intervals, three of them shared with the previous sample.
+    Counted as independent, such samples would show a significant slope in one flat series out of six; with the
+    long-run variance (Newey-West) the share stays near the nominal 1 %, and independent samples get little more."""
+    rng = np.random.default_rng(11)
+    confident = []
+    inflation = []
+    for _ in range(300):
+        intervals = rng.normal(0.0, 0.01, 43)
+        rates = np.convolve(intervals, np.ones(4) / 4, mode="valid")
+        trend = _trend_over(rates)
+        fitted = trend.fit()
+        assert fitted is not None
+        beta, cov, _ = fitted
+        confident.append(abs(beta[1]) / math.sqrt(cov[1, 1]) > 2.58)
+        inflation.append(trend.variance_inflation(_residual_sigma(trend), float(beta[1])))
+    assert np.mean(confident) < 0.02
+    assert 2.0 < np.median(inflation) < 5.0  # the true factor of this moving average is 4
+    white = [_trend_over(rng.normal(0.0, 0.01, 40)) for _ in range(100)]
+    assert np.median([trend.variance_inflation(_residual_sigma(trend), 0.0) for trend in white]) < 2.0
+
+
 def test_the_shifted_moments_equal_a_direct_weighted_quadratic_fit() -> None:
     rng = np.random.default_rng(5)
     y = 0.4 + 0.01 * np.arange(30) - 0.0002 * np.arange(30) ** 2 + rng.normal(0, 0.01, 30)
