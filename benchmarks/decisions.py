@@ -30,10 +30,13 @@ before its breach by anything that reads these series.
 Usage (from the repository root; needs `prometheus` and `promtool` on PATH or /usr/bin):
 
     python benchmarks/decisions.py --count 25 --seed 1 --workers 2 [--scorer trend|forecast] [--policy horizon=10m]
-        [--scrape-interval 30] [--rate-window 5m]
+        [--scrape-interval 30] [--rate-window 5m] [--count-noise]
 
 `--scrape-interval` and `--rate-window` replay the same scenarios as a cluster that scrapes less often or whose
 queries use longer rate windows would see them (the breach and the baselines read the same series).
+`--count-noise` draws each scrape interval's requests, errors and latency buckets at random (Poisson, binomial,
+multinomial) instead of adding their expected values, as real counters grow: at a few requests a second an error
+ratio moves in steps of one request and a p99 rests on a handful of slow ones.
 """
 
 from __future__ import annotations

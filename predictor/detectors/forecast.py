@@ -581,8 +581,9 @@ class LocalTrend:
     trend waits and a confident one is extrapolated (as a straight line; an acceleration is never extrapolated).
     The probability counts the uncertainty of the level and slope (the regression's covariance with the residual
     sigma, inflated by the samples' long-run variance factor, since overlapping rate windows and running medians
-    make successive samples correlated, and floored at `min_sigma`), not the noise of single future samples: a breach is of the level, and a path
-    that rises (and at most flattens) is beyond the threshold within the horizon exactly when it is at the horizon.
+    make successive samples correlated, and floored at `min_sigma`), not the noise of single future samples: a
+    breach is of the level, and a path that rises (and at most flattens) is beyond the threshold within the horizon
+    exactly when it is at the horizon.
     """
 
     def __init__(self, *, step_seconds: float = 15.0, memory_seconds: float = 600.0, flatten_z: float = 2.0,
