@@ -567,6 +567,11 @@ def _median_lead(outcomes: Sequence[Outcome], detector: str) -> str:
     return format_duration(statistics.median(leads))
 
 
+def _slow(breaching: Sequence[Outcome]) -> list[Outcome]:
+    """The slowly developing ones: breaching SLOW_BREACH_SECONDS or more after the rollout starts."""
+    return [o for o in breaching if o.breach is not None and o.breach - o.start >= SLOW_BREACH_SECONDS]
+
+
 def _before(outcome: Outcome, detector: str) -> bool:
     lead = outcome.lead(detector)
     return lead is not None and lead > 0
@@ -582,7 +587,7 @@ def _on_metric(outcome: Outcome, detector: str) -> Outcome:
 
 def summary_rows(outcomes: Sequence[Outcome]) -> list[list[str]]:
     breaching = [o for o in outcomes if o.bad and o.breach is not None]
-    slow = [o for o in breaching if o.breach is not None and o.breach - o.start >= SLOW_BREACH_SECONDS]
+    slow = _slow(breaching)
     healthy = [o for o in outcomes if not o.bad]
     rows = []
     for detector in DETECTORS:
@@ -658,7 +663,7 @@ def _readable_before(outcome: Outcome, samples: int) -> bool:
 
 def earliest_note(breaching: Sequence[Outcome]) -> str:
     """The bound the data puts on every detector: none can act on a release before its new pods can be read."""
-    slow = [o for o in breaching if o.breach is not None and o.breach - o.start >= SLOW_BREACH_SECONDS]
+    slow = _slow(breaching)
     once = sum(_readable_before(o, 1) for o in breaching)
     twice = sum(_readable_before(o, 2) for o in breaching)
     leads = [o.breach - o.new_pod_samples[0] if _readable_before(o, 1) and o.breach is not None else 0.0
@@ -682,7 +687,7 @@ def report(outcomes: Sequence[Outcome], command: str, timings: Mapping[str, floa
            scraping: Scraping = Scraping(), count_noise: bool = False) -> str:
     bad = [o for o in outcomes if o.bad]
     breaching = [o for o in bad if o.breach is not None]
-    slow = [o for o in breaching if o.breach is not None and o.breach - o.start >= SLOW_BREACH_SECONDS]
+    slow = _slow(breaching)
     healthy = [o for o in outcomes if not o.bad]
     parts = [
         "# Decisions benchmark",
