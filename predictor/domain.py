@@ -60,12 +60,29 @@ class DeploymentRef:
 
 
 @dataclass(frozen=True)
+class PodState:
+    """One pod of a tracked ReplicaSet as the rollout source last saw it (live: the API's Pod; backtest:
+    kube-state-metrics' `kube_pod_*` series)."""
+
+    name: str
+    template_hash: str
+    """The pod's `pod-template-hash` label: which ReplicaSet, hence which revision, it runs."""
+    ready: bool = False
+    restarts: int = 0
+    """Container restarts, summed over the pod's containers."""
+    waiting_reason: str | None = None
+    """A container's `state.waiting.reason` (`CrashLoopBackOff`, `ImagePullBackOff`...), None when none waits."""
+    created_at: float | None = None
+
+
+@dataclass(frozen=True)
 class RolloutState:
     """What a rollout source knows of one Deployment at one moment.
 
     `new_hash` is the pod-template-hash of the ReplicaSet of the current revision; `old_hashes` those of the
-    older ReplicaSets that still run pods (or ran them while the rollout started). Pods are named
-    `<deployment>-<pod-template-hash>-<suffix>`, which is how observations are split into new and old.
+    older ReplicaSets that still run pods (or ran them while the rollout started). Pods belong to a revision by
+    their `pod-template-hash` label (`pods`, when the source knows them); where it does not, by their name,
+    `<deployment>-<pod-template-hash>-<suffix>` (a name cut at 58 characters may lose the hash).
     """
 
     ref: DeploymentRef
@@ -86,6 +103,8 @@ class RolloutState:
     """The current ReplicaSet existed before some older-revision ReplicaSet: a rollback to a known template."""
     previous_revision: int | None = None
     annotations: Mapping[str, str] = field(default_factory=dict)
+    pods: tuple[PodState, ...] = ()
+    """The pods of the new and old ReplicaSets, known by their labels; empty when the source cannot tell."""
 
     @property
     def progress(self) -> float:
@@ -93,6 +112,15 @@ class RolloutState:
         if self.desired_replicas <= 0:
             return 1.0
         return min(1.0, self.updated_replicas / self.desired_replicas)
+
+    @property
+    def new_pods(self) -> tuple[PodState, ...]:
+        return tuple(p for p in self.pods if p.template_hash == self.new_hash)
+
+    @property
+    def old_pods(self) -> tuple[PodState, ...]:
+        old = set(self.old_hashes)
+        return tuple(p for p in self.pods if p.template_hash in old)
 
     @property
     def acted_revision(self) -> int | None:
