@@ -319,6 +319,22 @@ class _Reader:
 
     def __init__(self) -> None:
         self.errors: list[str] = []
+        self.from_env: set[str] = set()
+        """Paths whose string was filled in from the environment: a number or boolean there arrives as text."""
+
+    def _typed(self, where: str, value: Any) -> Any:
+        """`port: ${PORT}` gives the text '8080': read it as the number (or boolean) the environment meant."""
+        if not isinstance(value, str) or where not in self.from_env:
+            return value
+        text = value.strip()
+        if text.lower() in ("true", "false"):
+            return text.lower() == "true"
+        for kind in (int, float):
+            try:
+                return kind(text)
+            except ValueError:
+                pass
+        return value
 
     def error(self, path: str, message: str, value: Any = _NOTHING) -> None:
         self.errors.append(f"{path}: {message}, got {show_value(value)}")
@@ -362,7 +378,7 @@ class _Reader:
         return value.rstrip("/")
 
     def boolean(self, raw: Mapping[str, Any], key: str, path: str, default: bool) -> bool:
-        value = raw.get(key, default)
+        value = self._typed(f"{path}.{key}", raw.get(key, default))
         if isinstance(value, bool):
             return value
         hint = " (without quotes)" if isinstance(value, str) and value.lower() in ("true", "false") else ""
@@ -376,8 +392,8 @@ class _Reader:
         """A finite number (a whole one with `integer`) within the bounds; `hint` is added to the message."""
         if key not in raw:
             return default
-        value = raw[key]
         where = f"{path}.{key}"
+        value = self._typed(where, raw[key])
         kind = "a whole number" if integer else "a number"
         bounds = _range_text(minimum, above, maximum)
         expected = f"expected {kind}{' ' + bounds if bounds else ''}{hint}"
@@ -403,8 +419,8 @@ class _Reader:
         """A positive duration (or 0 with `allow_zero`) of at least `minimum` seconds; a bare number is seconds."""
         if key not in raw:
             return default
-        value = raw[key]
         where = f"{path}.{key}"
+        value = self._typed(where, raw[key])
         try:
             seconds = read_duration(value, allow_zero=allow_zero)
         except ValueError as exc:
@@ -532,7 +548,10 @@ def _expand_env(value: Any, path: str, reader: _Reader) -> Any:
                 return match.group(0)
             return os.environ[name]
 
-        return _ENV_REF.sub(replace, value)
+        expanded = _ENV_REF.sub(replace, value)
+        if expanded != value:
+            reader.from_env.add(path)
+        return expanded
     if isinstance(value, Mapping):
         return {k: _expand_env(v, f"{path}.{k}" if path else str(k), reader) for k, v in value.items()}
     if isinstance(value, list):
@@ -840,6 +859,11 @@ def parse_config(raw: Any, source: str = "config") -> Config:
     log = reader.section(raw, "logging", "", ("format", "level"))
     mdl = reader.section(raw, "models", "", ("dir", "reload", "scorer"))
 
+    if am and not am.get("url"):
+        for key in am:
+            if key != "url":
+                reader.error(f"alertmanager.{key}", "expected alertmanager.url with it (without a url alerts are "
+                             "only logged, and this would be ignored)", am[key])
     config = Config(
         prometheus=PrometheusConfig(
             url=reader.url(prom, "url", "prometheus", "http://localhost:9090", api="/api/v1/query")

@@ -68,7 +68,8 @@ def metric(**fields: object) -> str:
         # sub-second where it is nonsense
         ("policy:\n  interval: 500ms\n", "policy.interval: expected a duration of at least 1s, got '500ms'"),
         ("prometheus:\n  timeout: 50ms\n", "prometheus.timeout: expected a duration of at least 100ms, got '50ms'"),
-        ("alertmanager:\n  timeout: 0.05\n", "alertmanager.timeout: expected a duration of at least 100ms, got 0.05"),
+        ("alertmanager:\n  url: http://am:9093\n  timeout: 0.05\n",
+         "alertmanager.timeout: expected a duration of at least 100ms, got 0.05"),
         ("models:\n  reload: 10ms\n", "models.reload: expected a duration of at least 1s, got '10ms'"),
         ("policy:\n  interval: 1m\n  horizon: 30s\n  lookback: 10m\n",
          "policy.horizon: expected at least one tick (1m, policy.interval), got '30s'"),
@@ -214,7 +215,7 @@ def test_bad_targets(tmp_path: Path, capsys: pytest.CaptureFixture[str], targets
                                                           "port from 1 to 65535, got 'http://prometheus:99999'"),
         ("prometheus:\n  url: http://prom etheus:9090\n", "prometheus.url: expected an http:// or https:// URL "
                                                           "without spaces, got 'http://prom etheus:9090'"),
-        ("alertmanager:\n  generator_url: grafana.example.com\n",
+        ("alertmanager:\n  url: http://am:9093\n  generator_url: grafana.example.com\n",
          "alertmanager.generator_url: expected an http:// or https:// URL, got 'grafana.example.com'"),
         ("prometheus:\n  verify_tls: false\n  ca_file: /etc/hostname\n",
          "prometheus.ca_file: expected no ca_file with verify_tls: false (it would be ignored), got '/etc/hostname'"),
@@ -307,3 +308,23 @@ def test_options_that_would_be_ignored_are_refused(tmp_path: Path, capsys: pytes
         "combine pods by their own rule), got 'max'",
         "metrics[1].min_denominator: expected no min_denominator without a denominator (it would be ignored), got 5",
     ]
+
+
+def test_numbers_and_booleans_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """`port: ${PORT}` is the text '8080' after expansion: read as the number it means, and checked as one."""
+    monkeypatch.setenv("PORT", "9000")
+    monkeypatch.setenv("DRY_RUN", "true")
+    monkeypatch.setenv("TICK", "30")
+    config = parse_config({"targets": [{"namespace": "shop"}], "server": {"port": "${PORT}"},
+                           "policy": {"dry_run": "${DRY_RUN}", "interval": "${TICK}"}})
+    assert (config.server.port, config.policy.dry_run, config.policy.interval_seconds) == (9000, True, 30.0)
+    monkeypatch.setenv("PORT", "80800")
+    assert refused(tmp_path, capsys, BASE + "server:\n  port: ${PORT}\n") == [
+        "server.port: expected a whole number from 0 to 65535, got 80800"]
+
+
+def test_alertmanager_options_without_a_url_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert refused(tmp_path, capsys, BASE + "alertmanager:\n  generator_url: https://grafana.example.com\n") == [
+        "alertmanager.generator_url: expected alertmanager.url with it (without a url alerts are only logged, and "
+        "this would be ignored), got 'https://grafana.example.com'"]
