@@ -12,7 +12,7 @@ import ipaddress
 import math
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -358,6 +358,16 @@ class _Reader:
                 guess = f"did you mean {close[0]}? " if close else ""
                 self.error(prefix, f"unknown field ({guess}allowed: {', '.join(allowed)})", value)
 
+    def items(self, raw: list[Any], path: str, allowed: Sequence[str]) -> Iterator[tuple[int, str, Mapping[str, Any]]]:
+        """(index, path, item) of each mapping in a list; another item, or an unknown key, is an error."""
+        for i, item in enumerate(raw):
+            where = f"{path}[{i}]"
+            if not isinstance(item, Mapping):
+                self.error(where, f"expected a mapping with {', '.join(allowed)}", item)
+                continue
+            self.unknown_keys(item, where, allowed)
+            yield i, where, item
+
     def string(self, raw: Mapping[str, Any], key: str, path: str, default: str | None) -> str | None:
         value = raw.get(key, default)
         if value is None or isinstance(value, str):
@@ -568,12 +578,7 @@ def _read_targets(raw: Any, reader: _Reader) -> tuple[Target, ...]:
         return ()
     targets = []
     seen: dict[tuple[str, str, tuple[str, ...]], int] = {}
-    for i, item in enumerate(raw):
-        path = f"targets[{i}]"
-        if not isinstance(item, Mapping):
-            reader.error(path, "expected a mapping with namespace, selector, names", item)
-            continue
-        reader.unknown_keys(item, path, ("namespace", "selector", "names"))
+    for i, path, item in reader.items(raw, "targets", ("namespace", "selector", "names")):
         if "namespace" not in item:
             reader.error(f"{path}.namespace", "required: the namespace to watch")
             continue
@@ -692,12 +697,7 @@ def _selector_from_mapping(raw: Mapping[str, Any], where: str, reader: _Reader) 
     if not isinstance(expressions, list):
         reader.error(f"{where}.matchExpressions", "expected a list of {key, operator, values}", expressions)
         expressions = []
-    for k, expression in enumerate(expressions):
-        at = f"{where}.matchExpressions[{k}]"
-        if not isinstance(expression, Mapping):
-            reader.error(at, "expected a mapping with key, operator, values", expression)
-            continue
-        reader.unknown_keys(expression, at, ("key", "operator", "values"))
+    for _, at, expression in reader.items(expressions, f"{where}.matchExpressions", ("key", "operator", "values")):
         key, operator, values = expression.get("key"), expression.get("operator"), expression.get("values") or []
         if operator not in _SELECTOR_OPERATORS:
             reader.error(f"{at}.operator", f"expected one of {', '.join(_SELECTOR_OPERATORS)}", operator)
@@ -730,12 +730,7 @@ def _read_metrics(raw: Any, reader: _Reader) -> tuple[MetricSpec, ...]:
         return ()
     specs: list[MetricSpec] = []
     seen: set[str] = set()
-    for i, item in enumerate(raw):
-        path = f"metrics[{i}]"
-        if not isinstance(item, Mapping):
-            reader.error(path, "expected a mapping with name, query, threshold", item)
-            continue
-        reader.unknown_keys(item, path, _METRIC_KEYS)
+    for _, path, item in reader.items(raw, "metrics", _METRIC_KEYS):
         name = reader.string(item, "name", path, None)
         if not name or not re.fullmatch(r"[a-zA-Z_][a-zA-Z0-9_]*", name):
             reader.error(f"{path}.name", "expected an identifier such as 'error_ratio'", item.get("name", _NOTHING))

@@ -6,7 +6,6 @@ cluster's history, the figures are those of the data."""
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,7 +19,7 @@ from predictor.scenarios import scenario_series
 from predictor.simulate import SimulatedRollout
 from tests.fixtures.prometheus import PrometheusServer, free_port, history_start
 
-pytestmark = pytest.mark.prometheus
+pytestmark = [pytest.mark.prometheus, pytest.mark.usefixtures("restore_logging")]  # the CLI runs in process
 
 B = history_start()
 R = B + 900
@@ -52,14 +51,6 @@ def ksm_only(start_prometheus: Callable[..., PrometheusServer], history: dict) -
     yield server
     server.stop()
 
-
-@pytest.fixture(autouse=True)
-def restore_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 def backtest(tmp_path: Path, capsys: pytest.CaptureFixture[str], url: str, start: float = START,

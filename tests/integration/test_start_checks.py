@@ -6,7 +6,6 @@ start does not (one WARNING, and the daemon runs)."""
 
 from __future__ import annotations
 
-import logging
 import socket
 import subprocess
 import sys
@@ -21,7 +20,7 @@ from tests.fakes.kubeapi import FakeKubeAPI
 from tests.fixtures.prometheus import PrometheusServer, free_port
 from tests.integration.live import ROOT, stop_daemon
 
-pytestmark = pytest.mark.prometheus
+pytestmark = [pytest.mark.prometheus, pytest.mark.usefixtures("restore_logging")]  # the CLI runs in process
 
 SELECTOR = 'namespace=~"{namespace}", pod=~"{pods}"'
 GOOD = f"sum by (namespace, pod) (rate(http_requests_total{{{SELECTOR}}}[1m]))"
@@ -40,15 +39,6 @@ def prom(start_prometheus: Callable[..., PrometheusServer]) -> Iterator[Promethe
     yield server
     server.stop()
 
-
-@pytest.fixture(autouse=True)
-def restore_logging() -> Iterator[None]:
-    """`run` and `backtest` configure the root logger as the daemon wants it; give pytest its own back."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 def write_config(tmp_path: Path, url: str, *, metrics: str = "", host: str = "127.0.0.1", port: int | None = None,
