@@ -1,8 +1,9 @@
 """Validated configuration, loaded once at start by the CLI.
 
-Every error names the field path and the bad value (`policy.horizon: expected a positive duration such as
-'10m', got '-5m'`), and all errors of a file are reported together. `${VAR}` in a string value is replaced by the
-environment variable VAR (the sidecar mode gets its namespace and Deployment name that way).
+Every error is one line naming the field path and the bad value (`policy.horizon: expected a positive duration,
+got '-5m'`), and all errors of a file are reported together. `${VAR}` in a string value is replaced by the
+environment variable VAR (the sidecar mode gets its namespace and Deployment name that way). Checks that need the
+world outside the file (credentials, addresses, Prometheus) are in `predictor.preflight`.
 """
 
 from __future__ import annotations
