@@ -1,19 +1,24 @@
 """Validated configuration, loaded once at start by the CLI.
 
-Every error names the field path and the bad value (`policy.horizon: expected a positive duration such as
-'10m', got '-5m'`), and all errors of a file are reported together. `${VAR}` in a string value is replaced by the
-environment variable VAR (the sidecar mode gets its namespace and Deployment name that way).
+Every error is one line naming the field path and the bad value (`policy.horizon: expected a positive duration,
+got '-5m'`), and all errors of a file are reported together. `${VAR}` in a string value is replaced by the
+environment variable VAR (the sidecar mode gets its namespace and Deployment name that way). Checks that need the
+world outside the file (credentials, addresses, Prometheus) are in `predictor.preflight`.
 """
 
 from __future__ import annotations
 
+import difflib
+import ipaddress
+import math
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -28,11 +33,12 @@ _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
 class ConfigError(ValueError):
-    """One or more invalid fields; `errors` holds one `path: message` line each."""
+    """One or more problems; `errors` holds one `path: message, got value` line each, `source` names the file."""
 
     def __init__(self, errors: Sequence[str], source: str = "config") -> None:
         self.errors = list(errors)
-        super().__init__(f"{source}: {len(self.errors)} invalid field(s):\n  " + "\n  ".join(self.errors))
+        self.source = source
+        super().__init__(f"{source}: {len(self.errors)} problem(s):\n  " + "\n  ".join(self.errors))
 
 
 def parse_duration(text: str | int | float) -> float:
@@ -40,6 +46,8 @@ def parse_duration(text: str | int | float) -> float:
     if isinstance(text, bool):
         raise ValueError("not a duration")
     if isinstance(text, int | float):
+        if not math.isfinite(text):
+            raise ValueError("not a finite duration")
         return float(text)
     stripped = text.strip()
     pos, total = 0, 0.0
@@ -85,7 +93,8 @@ class AlertmanagerConfig:
 @dataclass(frozen=True)
 class KubernetesConfig:
     kubeconfig: Path | None = None
-    """None: in-cluster config when running in a pod, else the default kubeconfig."""
+    """None: in-cluster config when running in a pod, else the default kubeconfig. As written (`~` is expanded
+    where it is loaded, so that errors name it both ways)."""
     context: str | None = None
 
 
@@ -248,14 +257,88 @@ def default_metric_pack() -> tuple[MetricSpec, ...]:
     )
 
 
+_NOTHING: Any = object()
+"""The value of a field that is not there: shown as `got nothing`."""
+MAX_DURATION_SECONDS = 366 * 86400.0
+"""Longer durations are refused: no setting needs more than a year, and the scheduler overflows on huge ones."""
+_DURATION_EXAMPLE = "a duration such as '30s', '10m' or '1h30m'"
+
+
+def show_value(value: Any) -> str:
+    """A value as an error line shows it: YAML's spelling of null, booleans and non-finite numbers, long text cut."""
+    if value is _NOTHING:
+        return "nothing"
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and not math.isfinite(value):
+        return ".nan" if math.isnan(value) else (".inf" if value > 0 else "-.inf")
+    text = repr(value)
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+def _duration_text(seconds: float) -> str:
+    """1 -> '1s', 0.1 -> '100ms', 60 -> '1m': the spelling of a bound in an error message."""
+    if seconds < 1:
+        return f"{seconds * 1000:g}ms"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"
+
+
+def _range_text(minimum: float | None, above: float | None, maximum: float | None) -> str:
+    low = f"above {above:g}" if above is not None else f"of at least {minimum:g}" if minimum is not None else ""
+    if maximum is None:
+        return low
+    if minimum is not None and above is None:
+        return f"from {minimum:g} to {maximum:g}"
+    return f"{low} and at most {maximum:g}" if low else f"of at most {maximum:g}"
+
+
+def _quoted_hint(value: Any) -> str:
+    """' (without quotes)' for a quoted number where a number was meant, else ''."""
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            return ""
+        return " (without quotes)" if math.isfinite(number) else ""
+    return ""
+
+
+def _type_hint(value: Any) -> str:
+    """Why YAML gave a boolean or a number where a string was meant, as a short hint ('' otherwise)."""
+    if isinstance(value, bool):
+        return " (quote it: YAML reads unquoted yes, no, on, off, true and false as booleans)"
+    return " (quote it)" if isinstance(value, int | float) else ""
+
+
 class _Reader:
-    """Walks the raw YAML, collecting `path: message` errors instead of stopping at the first."""
+    """Walks the raw YAML, collecting `path: message, got value` errors instead of stopping at the first."""
 
     def __init__(self) -> None:
         self.errors: list[str] = []
+        self.from_env: set[str] = set()
+        """Paths whose string was filled in from the environment: a number or boolean there arrives as text."""
 
-    def error(self, path: str, message: str) -> None:
-        self.errors.append(f"{path}: {message}")
+    def _typed(self, where: str, value: Any) -> Any:
+        """`port: ${PORT}` gives the text '8080': read it as the number (or boolean) the environment meant."""
+        if not isinstance(value, str) or where not in self.from_env:
+            return value
+        text = value.strip()
+        if text.lower() in ("true", "false"):
+            return text.lower() == "true"
+        for kind in (int, float):
+            try:
+                return kind(text)
+            except ValueError:
+                pass
+        return value
+
+    def error(self, path: str, message: str, value: Any = _NOTHING) -> None:
+        self.errors.append(f"{path}: {message}, got {show_value(value)}")
 
     def section(self, raw: Mapping[str, Any], key: str, path: str, allowed: Sequence[str]) -> dict[str, Any]:
         value = raw.get(key)
@@ -263,97 +346,208 @@ class _Reader:
         if value is None:
             return {}
         if not isinstance(value, Mapping):
-            self.error(where, f"expected a mapping, got {value!r}")
+            self.error(where, f"expected a mapping with the keys {', '.join(allowed)}", value)
             return {}
         self.unknown_keys(value, where, allowed)
         return dict(value)
 
     def unknown_keys(self, raw: Mapping[str, Any], path: str, allowed: Sequence[str]) -> None:
-        for key in raw:
+        for key, value in raw.items():
             if key not in allowed:
                 prefix = f"{path}.{key}" if path else str(key)
-                self.error(prefix, f"unknown field (allowed: {', '.join(allowed)})")
+                close = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.6)
+                guess = f"did you mean {close[0]}? " if close else ""
+                self.error(prefix, f"unknown field ({guess}allowed: {', '.join(allowed)})", value)
+
+    def items(self, raw: list[Any], path: str, allowed: Sequence[str]) -> Iterator[tuple[int, str, Mapping[str, Any]]]:
+        """(index, path, item) of each mapping in a list; another item, or an unknown key, is an error."""
+        for i, item in enumerate(raw):
+            where = f"{path}[{i}]"
+            if not isinstance(item, Mapping):
+                self.error(where, f"expected a mapping with {', '.join(allowed)}", item)
+                continue
+            self.unknown_keys(item, where, allowed)
+            yield i, where, item
 
     def string(self, raw: Mapping[str, Any], key: str, path: str, default: str | None) -> str | None:
         value = raw.get(key, default)
         if value is None or isinstance(value, str):
             return value
-        self.error(f"{path}.{key}", f"expected a string, got {value!r}")
+        self.error(f"{path}.{key}", f"expected a string{_type_hint(value)}", value)
         return default
 
-    def url(self, raw: Mapping[str, Any], key: str, path: str, default: str | None) -> str | None:
-        value = self.string(raw, key, path, default)
-        if value is not None and not re.match(r"^https?://[^\s/]+", value):
-            self.error(f"{path}.{key}", f"expected an http:// or https:// URL, got {value!r}")
+    def url(self, raw: Mapping[str, Any], key: str, path: str, default: str | None, *, api: str | None) -> str | None:
+        """An http(s) URL. With `api` (the path predictor appends), the server's base URL: a path is allowed
+        only as a route prefix (`http://host/prometheus`), not an API, UI, query or fragment address."""
+        value = self.string(raw, key, path, None)
+        if not value:
             return default
-        return value.rstrip("/") if value else value
+        problem = url_problem(value, api)
+        if problem:
+            self.error(f"{path}.{key}", problem, value)
+            return default
+        return value.rstrip("/")
 
     def boolean(self, raw: Mapping[str, Any], key: str, path: str, default: bool) -> bool:
-        value = raw.get(key, default)
+        value = self._typed(f"{path}.{key}", raw.get(key, default))
         if isinstance(value, bool):
             return value
-        self.error(f"{path}.{key}", f"expected true or false, got {value!r}")
+        hint = " (without quotes)" if isinstance(value, str) and value.lower() in ("true", "false") else ""
+        self.error(f"{path}.{key}", f"expected true or false{hint}", value)
         return default
 
     def number(
-        self, raw: Mapping[str, Any], key: str, path: str, default: float, *, low: float | None = None,
-        high: float | None = None, integer: bool = False,
+        self, raw: Mapping[str, Any], key: str, path: str, default: float, *, minimum: float | None = None,
+        above: float | None = None, maximum: float | None = None, integer: bool = False, hint: str = "",
     ) -> float:
-        value = raw.get(key, default)
-        where = f"{path}.{key}"
-        ok_type = isinstance(value, int) if integer else isinstance(value, int | float)
-        if isinstance(value, bool) or not ok_type:
-            self.error(where, f"expected {'an integer' if integer else 'a number'}, got {value!r}")
+        """A finite number (a whole one with `integer`) within the bounds; `hint` is added to the message."""
+        if key not in raw:
             return default
-        if (low is not None and value < low) or (high is not None and value > high):
-            bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
-            self.error(where, f"expected a value {bounds}, got {value!r}")
+        where = f"{path}.{key}"
+        value = self._typed(where, raw[key])
+        kind = "a whole number" if integer else "a number"
+        bounds = _range_text(minimum, above, maximum)
+        expected = f"expected {kind}{' ' + bounds if bounds else ''}{hint}"
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            self.error(where, expected + _quoted_hint(value), value)
+            return default
+        if not math.isfinite(value):
+            self.error(where, f"expected a finite number{' ' + bounds if bounds else ''}{hint}", value)
+            return default
+        if integer and not isinstance(value, int):
+            self.error(where, expected, value)
+            return default
+        if ((minimum is not None and value < minimum) or (above is not None and value <= above)
+                or (maximum is not None and value > maximum)):
+            self.error(where, expected, value)
             return default
         return float(value)
 
     def duration(
-        self, raw: Mapping[str, Any], key: str, path: str, default: float, *, allow_zero: bool = False
+        self, raw: Mapping[str, Any], key: str, path: str, default: float, *, minimum: float = 0.0,
+        allow_zero: bool = False,
     ) -> float:
-        value = raw.get(key)
-        if value is None:
+        """A positive duration (or 0 with `allow_zero`) of at least `minimum` seconds; a bare number is seconds."""
+        if key not in raw:
             return default
         where = f"{path}.{key}"
+        value = self._typed(where, raw[key])
         try:
-            seconds = parse_duration(value)
-        except (ValueError, TypeError):
-            self.error(where, f"expected a duration such as '30s', '10m' or '1h30m', got {value!r}")
+            seconds = read_duration(value, allow_zero=allow_zero)
+        except ValueError as exc:
+            self.error(where, str(exc), value)
             return default
-        if seconds < 0 or (seconds == 0 and not allow_zero):
-            self.error(where, f"expected a positive duration such as '10m', got {value!r}")
+        if seconds < minimum and not (allow_zero and seconds == 0):
+            self.error(where, f"expected a duration of at least {_duration_text(minimum)}", value)
+            return default
+        if seconds > MAX_DURATION_SECONDS:
+            self.error(where, "expected a duration of at most 1y", value)
             return default
         return seconds
 
-    def choice(self, raw: Mapping[str, Any], key: str, path: str, default: str, options: Sequence[str]) -> str:
+    def choice(
+        self, raw: Mapping[str, Any], key: str, path: str, default: str, options: Sequence[str], *,
+        any_case: bool = False,
+    ) -> str:
         value = raw.get(key, default)
-        if value in options:
-            return str(value)
-        self.error(f"{path}.{key}", f"expected one of {', '.join(options)}, got {value!r}")
+        if isinstance(value, str) and any_case:
+            for option in options:
+                if value.lower() == option.lower():
+                    return option
+        if isinstance(value, str) and value in options:
+            return value
+        self.error(f"{path}.{key}", f"expected one of {', '.join(options)}", value)
         return default
 
-    def path(self, raw: Mapping[str, Any], key: str, path: str, *, must_exist: bool) -> Path | None:
+    def path(self, raw: Mapping[str, Any], key: str, path: str, *, kind: str = "file",
+             must_exist: bool = False, expand: bool = True) -> Path | None:
+        """A path, `~` expanded (unless not `expand`: then its user expands it, naming it as written); a `kind`
+        ('file' or 'directory') that exists and is readable with `must_exist`, and not the other kind if it
+        exists."""
         value = self.string(raw, key, path, None)
         if not value:
             return None
-        result = Path(value)
-        if must_exist and not result.exists():
-            self.error(f"{path}.{key}", f"file {value!r} does not exist")
-        return result
+        result = Path(value).expanduser()
+        where = f"{path}.{key}"
+        shown = f" ({result})" if str(result) != value else ""
+        is_kind = result.is_dir() if kind == "directory" else result.is_file()
+        if result.exists() and not is_kind:
+            self.error(where, f"expected a {kind}, not a {'file' if kind == 'directory' else 'directory'}{shown}",
+                       value)
+        elif must_exist and not result.exists():
+            self.error(where, f"expected an existing {kind}{shown}", value)
+        elif must_exist and not os.access(result, os.R_OK):
+            self.error(where, f"expected a readable {kind} (permission denied){shown}", value)
+        return result if expand else Path(value)
 
     def tls(self, raw: Mapping[str, Any], path: str) -> TLSConfig:
+        verify = self.boolean(raw, "verify_tls", path, True)
+        ca_file = self.path(raw, "ca_file", path, must_exist=True)
+        if ca_file is not None and not verify:
+            self.error(f"{path}.ca_file", "expected no ca_file with verify_tls: false (it would be ignored)",
+                       raw.get("ca_file"))
         return TLSConfig(
             bearer_token_file=self.path(raw, "bearer_token_file", path, must_exist=True),
-            ca_file=self.path(raw, "ca_file", path, must_exist=True),
-            verify_tls=self.boolean(raw, "verify_tls", path, True),
-            timeout_seconds=self.duration(raw, "timeout", path, 10.0),
+            ca_file=ca_file,
+            verify_tls=verify,
+            timeout_seconds=self.duration(raw, "timeout", path, 10.0, minimum=MIN_TIMEOUT_SECONDS),
         )
 
 
+MIN_TIMEOUT_SECONDS = 0.1
+"""A request timeout below 100 ms fails every query."""
 _TLS_KEYS = ("bearer_token_file", "ca_file", "verify_tls", "timeout")
+
+
+def read_duration(value: Any, *, allow_zero: bool = False) -> float:
+    """Seconds of a duration as a user writes it in the config or on the command line ('15s', '1h30m', or a bare
+    number of seconds): positive, or 0 with `allow_zero`. Raises ValueError saying what was expected ('-15s' is
+    "expected a positive duration")."""
+    positive = "expected 0 or a positive duration" if allow_zero else "expected a positive duration"
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise ValueError(f"expected {_DURATION_EXAMPLE}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("expected a finite duration")
+    text = value.strip() if isinstance(value, str) else value
+    if isinstance(text, str) and text.startswith("-"):
+        raise ValueError(positive if _is_duration(text[1:]) else f"expected {_DURATION_EXAMPLE}")
+    try:
+        seconds = parse_duration(text)
+    except ValueError:
+        unit = " (with a unit: '15s', not '15')" if _quoted_hint(value) else ""
+        raise ValueError(f"expected {_DURATION_EXAMPLE}{unit}") from None
+    if seconds < 0 or (seconds == 0 and not allow_zero):
+        raise ValueError(positive)
+    return seconds
+
+
+def _is_duration(text: str) -> bool:
+    try:
+        parse_duration(text)
+    except ValueError:
+        return False
+    return True
+
+
+def url_problem(value: str, api: str | None) -> str | None:
+    """Why `value` is not a usable http(s) URL (None if it is). With `api`, it must be a server's base URL."""
+    if any(ch.isspace() for ch in value):
+        return "expected an http:// or https:// URL without spaces"
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        return "expected an http:// or https:// URL"
+    try:
+        parts.port  # noqa: B018 - raises ValueError on a port out of range
+    except ValueError:
+        return "expected an http:// or https:// URL with a port from 1 to 65535"
+    if not parts.hostname:
+        return "expected an http:// or https:// URL with a host"
+    if api is None:
+        return None
+    if parts.query or parts.fragment or re.search(r"/(api|graph|alerts|-)(/|$)", parts.path):
+        return (f"expected the server's base URL such as 'http://host:port' (predictor adds {api}; a path is only "
+                "for a route prefix)")
+    return None
 
 
 def _expand_env(value: Any, path: str, reader: _Reader) -> Any:
@@ -361,11 +555,14 @@ def _expand_env(value: Any, path: str, reader: _Reader) -> Any:
         def replace(match: re.Match[str]) -> str:
             name = match.group(1)
             if name not in os.environ:
-                reader.error(path, f"environment variable {name} is not set (referenced as ${{{name}}})")
+                reader.error(path, f"environment variable {name} is not set (referenced as ${{{name}}})", value)
                 return match.group(0)
             return os.environ[name]
 
-        return _ENV_REF.sub(replace, value)
+        expanded = _ENV_REF.sub(replace, value)
+        if expanded != value:
+            reader.from_env.add(path)
+        return expanded
     if isinstance(value, Mapping):
         return {k: _expand_env(v, f"{path}.{k}" if path else str(k), reader) for k, v in value.items()}
     if isinstance(value, list):
@@ -378,33 +575,147 @@ def _read_targets(raw: Any, reader: _Reader) -> tuple[Target, ...]:
         reader.error("targets", "required: a list of {namespace, selector, names} to watch")
         return ()
     if not isinstance(raw, list) or not raw:
-        reader.error("targets", f"expected a non-empty list, got {raw!r}")
+        reader.error("targets", "expected a non-empty list of {namespace, selector, names}", raw)
         return ()
     targets = []
-    for i, item in enumerate(raw):
-        path = f"targets[{i}]"
-        if not isinstance(item, Mapping):
-            reader.error(path, f"expected a mapping with namespace, selector, names; got {item!r}")
+    seen: dict[tuple[str, str, tuple[str, ...]], int] = {}
+    for i, path, item in reader.items(raw, "targets", ("namespace", "selector", "names")):
+        if "namespace" not in item:
+            reader.error(f"{path}.namespace", "required: the namespace to watch")
             continue
-        reader.unknown_keys(item, path, ("namespace", "selector", "names"))
-        namespace = reader.string(item, "namespace", path, None)
-        if not namespace or not _DNS_LABEL.match(namespace):
-            reader.error(f"{path}.namespace", f"expected a namespace name, got {namespace!r}")
+        namespace = item["namespace"]
+        if not isinstance(namespace, str):
+            reader.error(f"{path}.namespace", f"expected a namespace name{_type_hint(namespace)}", namespace)
             continue
-        selector = reader.string(item, "selector", path, "") or ""
-        if selector and not _valid_selector(selector):
-            reader.error(f"{path}.selector", f"not a label selector: {selector!r}")
-        names = item.get("names", [])
-        if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
-            reader.error(f"{path}.names", f"expected a list of Deployment names, got {names!r}")
-            names = []
-        targets.append(Target(namespace=namespace, selector=selector, names=tuple(names)))
+        if not _is_dns_label(namespace):
+            if not _ENV_REF.search(namespace):  # an unset ${VAR} is reported as such
+                reader.error(f"{path}.namespace", "expected a namespace name (lowercase letters, digits and '-', at "
+                             "most 63 characters)", namespace)
+            continue
+        before = len(reader.errors)
+        selector = _read_selector(item, path, reader)
+        names = _read_names(item, path, reader)
+        identity = (namespace, selector, tuple(sorted(names)))
+        if len(reader.errors) > before:
+            continue
+        if identity in seen:
+            reader.error(path, f"expected each target once, but it repeats targets[{seen[identity]}]", dict(item))
+            continue
+        seen[identity] = i
+        targets.append(Target(namespace=namespace, selector=selector, names=names))
     return tuple(targets)
 
 
-def _valid_selector(selector: str) -> bool:
-    term = r"\s*!?[A-Za-z0-9./_-]+\s*((==?|!=)\s*[A-Za-z0-9._-]*|\s+(in|notin)\s*\([A-Za-z0-9._,\s-]*\))?\s*"
-    return re.fullmatch(rf"{term}(,{term})*", selector) is not None
+def _is_dns_label(text: str) -> bool:
+    return len(text) <= 63 and _DNS_LABEL.match(text) is not None
+
+
+def _read_names(item: Mapping[str, Any], path: str, reader: _Reader) -> tuple[str, ...]:
+    raw = item.get("names")
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        reader.error(f"{path}.names", "expected a list of Deployment names such as [checkout, cart]", raw)
+        return ()
+    names: list[str] = []
+    for j, name in enumerate(raw):
+        where = f"{path}.names[{j}]"
+        if not isinstance(name, str) or len(name) > 253 or not _DNS_SUBDOMAIN.match(name):
+            reader.error(where, "expected a Deployment name (lowercase letters, digits, '-' and '.')", name)
+        elif name in names:
+            reader.error(where, "expected each name once", name)
+        else:
+            names.append(name)
+    return tuple(names)
+
+
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_LABEL_NAME = r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+_LABEL_KEY = rf"([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?{_LABEL_NAME}"
+_LABEL_VALUE = rf"({_LABEL_NAME})?"
+_SELECTOR_TERMS = (
+    re.compile(rf"\s*!?\s*{_LABEL_KEY}\s*"),
+    re.compile(rf"\s*{_LABEL_KEY}\s*(=|==|!=)\s*{_LABEL_VALUE}\s*"),
+    re.compile(rf"\s*{_LABEL_KEY}\s+(in|notin)\s*\(\s*{_LABEL_NAME}(\s*,\s*{_LABEL_VALUE})*\s*\)\s*"),
+)
+_SELECTOR_EXAMPLE = "a label selector such as 'app=web,tier in (api,worker),!canary'"
+_SELECTOR_OPERATORS = {"In": "in", "NotIn": "notin", "Exists": "", "DoesNotExist": "!"}
+
+
+def selector_problem(selector: str) -> str | None:
+    """Why `selector` is not a Kubernetes label selector (None if it is): names the first term that is not one."""
+    depth, term, terms = 0, "", []
+    for ch in selector:
+        depth += {"(": 1, ")": -1}.get(ch, 0)
+        if ch == "," and depth == 0:
+            terms.append(term)
+            term = ""
+        else:
+            term += ch
+    terms.append(term)
+    for term in terms:
+        if not any(pattern.fullmatch(term) for pattern in _SELECTOR_TERMS):
+            return f"expected {_SELECTOR_EXAMPLE} (cannot read {term.strip()!r})"
+    return None
+
+
+def _read_selector(item: Mapping[str, Any], path: str, reader: _Reader) -> str:
+    """A label selector as kubectl's `-l` takes it, or as a Deployment's spec.selector (matchLabels,
+    matchExpressions), which is turned into that string form."""
+    value = item.get("selector")
+    where = f"{path}.selector"
+    if value is None or value == "":
+        return ""
+    if isinstance(value, Mapping):
+        value = _selector_from_mapping(value, where, reader)
+        if value is None:
+            return ""
+    if not isinstance(value, str):
+        reader.error(where, f"expected {_SELECTOR_EXAMPLE} (or matchLabels/matchExpressions)", value)
+        return ""
+    problem = selector_problem(value)
+    if problem:
+        reader.error(where, problem, value)
+        return ""
+    return value.strip()
+
+
+def _selector_from_mapping(raw: Mapping[str, Any], where: str, reader: _Reader) -> str | None:
+    """{matchLabels: {app: web}, matchExpressions: [{key, operator, values}]} -> 'app=web,...'."""
+    before = len(reader.errors)
+    reader.unknown_keys(raw, where, ("matchLabels", "matchExpressions"))
+    terms: list[str] = []
+    labels = raw.get("matchLabels") or {}
+    if not isinstance(labels, Mapping):
+        reader.error(f"{where}.matchLabels", "expected a mapping of label: value", labels)
+        labels = {}
+    for label, value in labels.items():
+        if not isinstance(value, str):
+            reader.error(f"{where}.matchLabels.{label}", "expected a string (quote it)", value)
+            continue
+        terms.append(f"{label}={value}")
+    expressions = raw.get("matchExpressions") or []
+    if not isinstance(expressions, list):
+        reader.error(f"{where}.matchExpressions", "expected a list of {key, operator, values}", expressions)
+        expressions = []
+    for _, at, expression in reader.items(expressions, f"{where}.matchExpressions", ("key", "operator", "values")):
+        key, operator, values = expression.get("key"), expression.get("operator"), expression.get("values") or []
+        if operator not in _SELECTOR_OPERATORS:
+            reader.error(f"{at}.operator", f"expected one of {', '.join(_SELECTOR_OPERATORS)}", operator)
+            continue
+        if not isinstance(key, str) or not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+            reader.error(at, "expected a string key and a list of string values", dict(expression))
+            continue
+        if operator in ("In", "NotIn") and not values:
+            reader.error(f"{at}.values", f"expected at least one value with operator {operator}", values)
+            continue
+        if operator in ("In", "NotIn"):
+            terms.append(f"{key} {_SELECTOR_OPERATORS[operator]} ({','.join(values)})")
+        else:
+            terms.append(f"{_SELECTOR_OPERATORS[operator]}{key}")
+    if len(reader.errors) > before:
+        return None
+    return ",".join(terms)
 
 
 _METRIC_KEYS = (
@@ -416,35 +727,34 @@ def _read_metrics(raw: Any, reader: _Reader) -> tuple[MetricSpec, ...]:
     if raw is None:
         return default_metric_pack()
     if not isinstance(raw, list) or not raw:
-        reader.error("metrics", f"expected a non-empty list (or leave it out for the default pack), got {raw!r}")
+        reader.error("metrics", "expected a non-empty list (or leave it out for the default pack)", raw)
         return ()
     specs: list[MetricSpec] = []
     seen: set[str] = set()
-    for i, item in enumerate(raw):
-        path = f"metrics[{i}]"
-        if not isinstance(item, Mapping):
-            reader.error(path, f"expected a mapping, got {item!r}")
-            continue
-        reader.unknown_keys(item, path, _METRIC_KEYS)
+    for _, path, item in reader.items(raw, "metrics", _METRIC_KEYS):
         name = reader.string(item, "name", path, None)
         if not name or not re.fullmatch(r"[a-zA-Z_][a-zA-Z0-9_]*", name):
-            reader.error(f"{path}.name", f"expected an identifier such as 'error_ratio', got {name!r}")
+            reader.error(f"{path}.name", "expected an identifier such as 'error_ratio'", item.get("name", _NOTHING))
             continue
         if name in seen:
-            reader.error(f"{path}.name", f"duplicate metric name {name!r}")
+            reader.error(f"{path}.name", "expected each metric name once", name)
         seen.add(name)
         query = _read_template(item, "query", path, reader, required=True)
         denominator = _read_template(item, "denominator", path, reader, required=False)
-        if "threshold" not in item:
-            reader.error(f"{path}.threshold", "required: the SLO threshold of this metric")
-        threshold = reader.number(item, "threshold", path, 0.0)
         direction = Direction(reader.choice(item, "direction", path, "above", [d.value for d in Direction]))
-        quantile = item.get("quantile")
-        if quantile is not None:
-            quantile = reader.number(item, "quantile", path, 0.99, low=0.0, high=1.0)
+        unit = reader.string(item, "unit", path, "") or ""
+        threshold = _read_threshold(item, path, reader, direction, unit)
+        quantile = None
+        if "quantile" in item:
+            quantile = reader.number(item, "quantile", path, 0.99, above=0.0, maximum=1.0, hint=" (0.99 for p99)")
             if denominator:
-                reader.error(f"{path}.quantile", "quantile and denominator exclude each other")
-        aggregate = reader.choice(item, "aggregate", path, "max", ["max", "min", "mean", "sum"])
+                reader.error(f"{path}.quantile", "expected quantile or denominator, not both", item["quantile"])
+        if "aggregate" in item and (denominator or quantile is not None):
+            reader.error(f"{path}.aggregate", "expected no aggregate with a denominator or quantile (it would be "
+                         "ignored: those combine pods by their own rule)", item["aggregate"])
+        if "min_denominator" in item and not denominator:
+            reader.error(f"{path}.min_denominator", "expected no min_denominator without a denominator (it would "
+                         "be ignored)", item["min_denominator"])
         specs.append(
             MetricSpec(
                 name=name,
@@ -453,25 +763,71 @@ def _read_metrics(raw: Any, reader: _Reader) -> tuple[MetricSpec, ...]:
                 direction=direction,
                 denominator=denominator,
                 quantile=quantile,
-                aggregate=aggregate,
-                min_denominator=reader.number(item, "min_denominator", path, 0.0, low=0.0),
-                unit=reader.string(item, "unit", path, "") or "",
+                aggregate=reader.choice(item, "aggregate", path, "max", ["max", "min", "mean", "sum"]),
+                min_denominator=reader.number(item, "min_denominator", path, 0.0, minimum=0.0),
+                unit=unit,
             )
         )
     return tuple(specs)
 
 
+def _read_threshold(item: Mapping[str, Any], path: str, reader: _Reader, direction: Direction, unit: str) -> float:
+    """The SLO threshold. Rates, ratios, quantiles and counts are never negative, so with direction above a
+    threshold must be above 0 (at 0 every healthy value breaches), and with direction below at least 0 (below 0
+    nothing ever breaches); with unit ratio at most 1 (5 % is 0.05)."""
+    where = f"{path}.threshold"
+    if "threshold" not in item:
+        reader.error(where, "required: the SLO threshold of this metric")
+        return 0.0
+    before = len(reader.errors)
+    if direction is Direction.ABOVE:
+        threshold = reader.number(item, "threshold", path, 0.0, above=0.0,
+                                  hint=" with direction above (every value >= 0 would breach)")
+    else:
+        threshold = reader.number(item, "threshold", path, 0.0, minimum=0.0,
+                                  hint=" with direction below (no value < 0 can breach)")
+    if len(reader.errors) == before and unit == "ratio" and threshold > 1:
+        reader.error(where, "expected at most 1 with unit ratio (5 % is 0.05)", item["threshold"])
+    return threshold
+
+
+_BRACED = re.compile(r"\{\{[^{}]*\}\}|\{\s*[A-Za-z_][A-Za-z0-9_.\-]*\s*\}")
+"""What looks like a placeholder: a word in braces (`{pod}`, `{ pods }`, `{Namespace}`) or a `{{...}}` template
+variable as Argo Rollouts, Flagger and Helm write them. PromQL itself never puts a bare word in braces."""
+
+
+def placeholder_problems(template: str) -> list[tuple[str, str]]:
+    """(message, token) for every brace token in `template` that is not exactly {namespace}, {deployment}, {pods}."""
+    problems = []
+    for match in _BRACED.finditer(template):
+        token = match.group(0)
+        if token.strip("{}") in PLACEHOLDERS and token.count("{") == 1:
+            continue
+        if token.startswith("{{"):
+            message = ("expected {namespace}, {deployment} or {pods} in single braces (Argo Rollouts', Flagger's "
+                       "and Helm's {{ }} variables are not filled in here)")
+        else:
+            word = token.strip("{} ")
+            close = difflib.get_close_matches(word.lower(), PLACEHOLDERS, n=1, cutoff=0.6)
+            guess = f" (did you mean {{{close[0]}}}?)" if close else ""
+            message = f"expected exactly {{namespace}}, {{deployment}} or {{pods}}{guess}"
+        problems.append((message, token))
+    return problems
+
+
 def _read_template(item: Mapping[str, Any], key: str, path: str, reader: _Reader, *, required: bool) -> str | None:
     value = reader.string(item, key, path, None)
-    if not value:
+    where = f"{path}.{key}"
+    if not value or not value.strip():
         if required:
-            reader.error(f"{path}.{key}", "required: a PromQL template with {namespace} and {pods}")
+            reader.error(where, "required: a PromQL template with {namespace} and {pods}", item.get(key, _NOTHING))
         return None
-    for token in re.findall(r"\{([a-z_]+)\}", value):
-        if token not in PLACEHOLDERS:
-            reader.error(f"{path}.{key}", f"unknown placeholder {{{token}}} (known: {', '.join(PLACEHOLDERS)})")
-    if "{pods}" not in value and "{deployment}" not in value:
-        reader.error(f"{path}.{key}", "must select pods with {pods} (or {deployment}) so results split per rollout")
+    problems = placeholder_problems(value)
+    for message, token in problems:
+        reader.error(where, message, token)
+    if not problems and "{pods}" not in value and "{deployment}" not in value:
+        reader.error(where, "expected a query that selects pods with {pods} (or {deployment}), so that results "
+                     "split per rollout", value)
     return value
 
 
@@ -481,7 +837,7 @@ def parse_config(raw: Any, source: str = "config") -> Config:
     if raw is None:
         raw = {}
     if not isinstance(raw, Mapping):
-        raise ConfigError([f"(top level): expected a mapping, got {type(raw).__name__}"], source)
+        raise ConfigError([f"(top level): expected a mapping of sections, got {show_value(raw)}"], source)
     raw = _expand_env(raw, "", reader)
     top_keys = ("prometheus", "alertmanager", "kubernetes", "targets", "metrics", "policy", "server", "logging",
                 "models")
@@ -499,60 +855,41 @@ def parse_config(raw: Any, source: str = "config") -> Config:
     log = reader.section(raw, "logging", "", ("format", "level"))
     mdl = reader.section(raw, "models", "", ("dir", "reload", "scorer"))
 
-    interval = reader.duration(pol, "interval", "policy", 15.0)
-    horizon = reader.duration(pol, "horizon", "policy", 1800.0)
-    lookback = reader.duration(pol, "lookback", "policy", 600.0)
-    if lookback < 4 * interval:
-        reader.error("policy.lookback", f"expected at least 4 ticks of history ({4 * interval:g}s), got {lookback:g}s")
-    blind_action = reader.choice(pol, "blind_action", "policy", "alert", ["alert", "pause"])
-    risk_threshold = reader.number(pol, "risk_threshold", "policy", 0.7, low=0.0, high=1.0)
-    alert_threshold = reader.number(pol, "alert_threshold", "policy", min(0.5, risk_threshold), low=0.0, high=1.0)
-    undo_threshold = reader.number(pol, "undo_threshold", "policy", max(0.9, risk_threshold), low=0.0, high=1.0)
-    if not alert_threshold <= risk_threshold <= undo_threshold:
-        reader.error("policy.risk_threshold", f"expected alert_threshold <= risk_threshold <= undo_threshold, got "
-                     f"{alert_threshold:g}, {risk_threshold:g}, {undo_threshold:g}")
-    policy = PolicyConfig(
-        action=Action(reader.choice(pol, "action", "policy", "pause", ["pause", "undo", "alert"])),
-        dry_run=reader.boolean(pol, "dry_run", "policy", False),
-        bake_seconds=reader.duration(pol, "bake", "policy", 600.0, allow_zero=True),
-        horizon_seconds=horizon,
-        interval_seconds=interval,
-        consecutive_ticks=int(reader.number(pol, "consecutive", "policy", 2, low=1, integer=True)),
-        risk_threshold=risk_threshold,
-        alert_threshold=alert_threshold,
-        undo_threshold=undo_threshold,
-        blind_after_ticks=int(reader.number(pol, "blind_after", "policy", 8, low=1, integer=True)),
-        blind_action=Action(blind_action),
-        lookback_seconds=lookback,
-    )
+    if am and not am.get("url"):
+        for key in am:
+            if key != "url":
+                reader.error(f"alertmanager.{key}", "expected alertmanager.url with it (without a url alerts are "
+                             "only logged, and this would be ignored)", am[key])
     config = Config(
         prometheus=PrometheusConfig(
-            url=reader.url(prom, "url", "prometheus", "http://localhost:9090") or "http://localhost:9090",
+            url=reader.url(prom, "url", "prometheus", "http://localhost:9090", api="/api/v1/query")
+            or "http://localhost:9090",
             tls=reader.tls(prom, "prometheus"),
         ),
         alertmanager=AlertmanagerConfig(
-            url=reader.url(am, "url", "alertmanager", None),
+            url=reader.url(am, "url", "alertmanager", None, api="/api/v2/alerts"),
             tls=reader.tls(am, "alertmanager"),
-            generator_url=reader.string(am, "generator_url", "alertmanager", "") or "",
+            generator_url=reader.url(am, "generator_url", "alertmanager", "", api=None) or "",
         ),
         kubernetes=KubernetesConfig(
-            kubeconfig=reader.path(kube, "kubeconfig", "kubernetes", must_exist=True),
+            kubeconfig=reader.path(kube, "kubeconfig", "kubernetes", expand=False),
             context=reader.string(kube, "context", "kubernetes", None),
         ),
         targets=_read_targets(raw.get("targets"), reader),
         metrics=_read_metrics(raw.get("metrics"), reader),
-        policy=policy,
+        policy=_read_policy(pol, reader),
         server=ServerConfig(
-            host=reader.string(srv, "host", "server", "0.0.0.0") or "0.0.0.0",
-            port=int(reader.number(srv, "port", "server", 8080, low=0, high=65535, integer=True)),
+            host=_read_host(srv, reader),
+            port=int(reader.number(srv, "port", "server", 8080, minimum=0, maximum=65535, integer=True)),
         ),
         logging=LoggingConfig(
-            format=reader.choice(log, "format", "logging", "text", ["text", "json"]),
-            level=reader.choice(log, "level", "logging", "INFO", ["DEBUG", "INFO", "WARNING", "ERROR"]),
+            format=reader.choice(log, "format", "logging", "text", ["text", "json"], any_case=True),
+            level=reader.choice(log, "level", "logging", "INFO", ["DEBUG", "INFO", "WARNING", "ERROR"],
+                                any_case=True),
         ),
         models=ModelsConfig(
-            dir=reader.path(mdl, "dir", "models", must_exist=False),
-            reload_seconds=reader.duration(mdl, "reload", "models", 3600.0),
+            dir=reader.path(mdl, "dir", "models", kind="directory"),
+            reload_seconds=reader.duration(mdl, "reload", "models", 3600.0, minimum=1.0),
             scorer=reader.choice(mdl, "scorer", "models", "forecast", SCORERS),
         ),
     )
@@ -561,20 +898,133 @@ def parse_config(raw: Any, source: str = "config") -> Config:
     return config
 
 
+MIN_INTERVAL_SECONDS = 1.0
+"""A tick under a second is finer than any scrape and than the queries' own time."""
+
+
+def _read_policy(pol: Mapping[str, Any], reader: _Reader) -> PolicyConfig:
+    interval = reader.duration(pol, "interval", "policy", 15.0, minimum=MIN_INTERVAL_SECONDS)
+    horizon = reader.duration(pol, "horizon", "policy", 1800.0)
+    if "horizon" in pol and horizon < interval:
+        reader.error("policy.horizon", f"expected at least one tick ({_duration_text(interval)}, policy.interval)",
+                     pol["horizon"])
+    lookback = reader.duration(pol, "lookback", "policy", 600.0)
+    if lookback < 4 * interval:
+        reader.error("policy.lookback", f"expected at least 4 ticks of history ({_duration_text(4 * interval)})",
+                     pol.get("lookback", f"{_duration_text(lookback)} (the default)"))
+    fraction = {"above": 0.0, "maximum": 1.0}
+    risk_threshold = reader.number(pol, "risk_threshold", "policy", 0.7, **fraction)
+    alert_threshold = reader.number(pol, "alert_threshold", "policy", min(0.5, risk_threshold), **fraction)
+    undo_threshold = reader.number(pol, "undo_threshold", "policy", max(0.9, risk_threshold), **fraction)
+    if not alert_threshold <= risk_threshold <= undo_threshold:
+        reader.errors.append(
+            f"policy.risk_threshold: expected alert_threshold <= risk_threshold <= undo_threshold, got "
+            f"{alert_threshold:g}, {risk_threshold:g}, {undo_threshold:g}")
+    return PolicyConfig(
+        action=Action(reader.choice(pol, "action", "policy", "pause", ["pause", "undo", "alert"])),
+        dry_run=reader.boolean(pol, "dry_run", "policy", False),
+        bake_seconds=reader.duration(pol, "bake", "policy", 600.0, allow_zero=True),
+        horizon_seconds=horizon,
+        interval_seconds=interval,
+        consecutive_ticks=int(reader.number(pol, "consecutive", "policy", 2, minimum=1, integer=True)),
+        risk_threshold=risk_threshold,
+        alert_threshold=alert_threshold,
+        undo_threshold=undo_threshold,
+        blind_after_ticks=int(reader.number(pol, "blind_after", "policy", 8, minimum=1, integer=True)),
+        blind_action=Action(reader.choice(pol, "blind_action", "policy", "alert", ["alert", "pause"])),
+        lookback_seconds=lookback,
+    )
+
+
+_HOST_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*\.?$", re.IGNORECASE)
+
+
+def _read_host(srv: Mapping[str, Any], reader: _Reader) -> str:
+    """A host name or IP address to listen on: its syntax here; whether it resolves to an address of this machine
+    is for `predictor.preflight`, which can ask the resolver."""
+    host = reader.string(srv, "host", "server", "0.0.0.0")
+    if host is None:
+        return "0.0.0.0"
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if len(host) > 253 or not _HOST_NAME.match(host):
+            reader.error("server.host", "expected a host name or IP address to listen on, such as 0.0.0.0 (no "
+                         "scheme; the port goes in server.port)", host)
+            return "0.0.0.0"
+    return host
+
+
 def load_config(path: str | Path) -> Config:
     """Read and validate a YAML file. Raises ConfigError (with the file name) on any problem."""
-    path = Path(path)
+    path = Path(path).expanduser()
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except OSError as exc:
-        raise ConfigError([f"(file): cannot read: {exc.strerror or exc}"], str(path)) from exc
+        raise ConfigError([f"(file): expected a readable file: {exc.strerror or exc}, got {str(path)!r}"],
+                          str(path)) from exc
+    text = _decode(data, str(path))
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader refusing duplicate keys
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(file)"
-        raise ConfigError([f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}"], str(path)) from exc
+        if isinstance(exc, _DuplicateKey):
+            raise ConfigError([f"{where}: {exc.problem}"], str(path)) from exc
+        problem = str(getattr(exc, "problem", None) or exc).replace(", but found ", ", got ")
+        if ", got " not in problem:
+            problem = f"{problem}, got {show_value(_line_at(text, mark))}"
+        raise ConfigError([f"{where}: expected valid YAML: {problem}"], str(path)) from exc
     return parse_config(raw, str(path))
+
+
+def _decode(data: bytes, source: str) -> str:
+    """UTF-8 text (a byte-order mark is dropped); anything else is an error naming the byte offset and line."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise ConfigError(["(file): expected UTF-8 text, got UTF-16 (a byte-order mark at offset 0: save the file "
+                           "as UTF-8)"], source)
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        bad = data[exc.start : exc.end]
+        raise ConfigError([f"(file): expected UTF-8 text, got the byte(s) {bad!r} at byte offset {exc.start} "
+                           f"(line {line})"], source) from None
+
+
+def _line_at(text: str, mark: Any) -> str:
+    if mark is None:
+        return ""
+    lines = text.splitlines()
+    return lines[mark.line].strip() if 0 <= mark.line < len(lines) else ""
+
+
+class _DuplicateKey(yaml.MarkedYAMLError):
+    """A mapping that gives the same key twice: PyYAML would keep the last one silently."""
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """`yaml.SafeLoader` that refuses duplicate keys."""
+
+
+def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    first: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            if key in first:
+                raise _DuplicateKey(
+                    problem=f"expected each key once in a mapping (first on line {first[key] + 1}), got {key!r} "
+                            "again", problem_mark=key_node.start_mark)
+            first[key] = key_node.start_mark.line
+        except TypeError:  # an unhashable key: construct_mapping reports it
+            break
+    return loader.construct_mapping(node, deep=True)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
 def parse_time(text: str, now: float) -> float:

@@ -102,11 +102,12 @@ class DemoOutcome:
         return self.breach_at - self.acted_at
 
 
-def demo_config(action: Action = Action.UNDO) -> Config:
+def demo_config(action: Action | None = None) -> Config:
+    """The demo's configuration: the default metric pack and policy (`action` replacing policy.action's default)."""
     return Config(
         targets=(Target(namespace="shop"),),
         metrics=default_metric_pack(),
-        policy=PolicyConfig(action=action, interval_seconds=15.0, bake_seconds=300.0),
+        policy=PolicyConfig(action=action or PolicyConfig().action, interval_seconds=15.0, bake_seconds=300.0),
     )
 
 

@@ -86,5 +86,7 @@ def configure_logging(fmt: str, level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for noisy in ("urllib3", "kubernetes", "apscheduler"):
+    for noisy in ("kubernetes", "apscheduler"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    # urllib3 warns of each connection retry; the adapters report the request's failure once it is final.
+    logging.getLogger("urllib3").setLevel(max(logging.ERROR, root.level))

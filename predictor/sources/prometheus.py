@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import re
+import socket
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,7 +41,13 @@ RangeSeries = tuple[Labels, np.ndarray, np.ndarray]
 
 
 class QueryError(RuntimeError):
-    """A Prometheus request that failed; the message says why (HTTP status and Prometheus's error, timeout...)."""
+    """A Prometheus request that failed; the message says why (HTTP status and Prometheus's error, timeout...).
+
+    `status` is the HTTP status of an answer Prometheus gave (400: a query it refuses), None when none came."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class _FormPostSession(requests.Session):
@@ -183,7 +190,8 @@ class PrometheusClient:
         except requests.RequestException as exc:
             raise QueryError(f"request to {self.url} failed: {exc}") from exc
         except PrometheusApiClientException as exc:
-            raise QueryError(_describe_http_error(str(exc))) from exc
+            status = _STATUS.search(str(exc))
+            raise QueryError(_describe_http_error(str(exc)), int(status.group(1)) if status else None) from exc
         except (ValueError, KeyError, TypeError) as exc:
             # requests' JSONDecodeError is a ValueError; a JSON body without data.result is a KeyError/TypeError.
             raise QueryError(f"malformed response from {self.url}: {type(exc).__name__}: {exc}") from exc
@@ -346,6 +354,8 @@ def _root_cause(exc: BaseException) -> str:
             break
         if "Connection refused" in str(cause):
             return "connection refused"
+        if "Failed to resolve" in str(cause) or isinstance(cause, socket.gaierror):
+            return "the host name does not resolve"
         cause = cause.__cause__ or cause.__context__
     return str(exc)[:300]
 

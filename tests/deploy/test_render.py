@@ -377,8 +377,9 @@ def test_retraining_job_mounts_the_models_claim_the_daemon_reads() -> None:
     assert args[:3] == ["train", "--config", "/etc/predictor/config.yaml"]
     assert args[args.index("--from") + 1] == "-7d" and args[args.index("--to") + 1] == "now"
     assert args[args.index("--out") + 1] == "/models"
-    parsed = _parser().parse_args(_attach_relative_times(args))  # what the image's entry point will make of them
-    assert (parsed.command, parsed.start, parsed.end, str(parsed.out)) == ("train", "-7d", "now", "/models")
+    now = 1_800_000_000.0  # what the image's entry point will make of them
+    parsed = _parser(now).parse_args(_attach_relative_times(args))
+    assert (parsed.command, parsed.start, parsed.end, str(parsed.out)) == ("train", now - 7 * 86400, now, "/models")
     workload, daemon = daemon_container(rendered)
     claim = {v["name"]: v for v in pod_spec(workload)["volumes"]}["predictor-models"]["persistentVolumeClaim"]
     job_claim = {v["name"]: v for v in pod_spec(job)["volumes"]}["predictor-models"]["persistentVolumeClaim"]

@@ -8,7 +8,6 @@ pods answer 11 % 5xx), `catalog` a healthy release at R + 60 s. The CLI runs in 
 from __future__ import annotations
 
 import json
-import logging
 import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -40,16 +39,6 @@ def prom(start_prometheus: Callable[..., PrometheusServer]) -> Iterator[Promethe
     server = start_prometheus(scenario_series([BAD, HEALTHY], float(B), float(END)))
     yield server
     server.stop()
-
-
-@pytest.fixture
-def restore_logging() -> Iterator[None]:
-    """The CLI configures the root logger as the daemon wants it; give pytest its own back afterwards."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 def write_config(tmp_path: Path, url: str) -> Path:

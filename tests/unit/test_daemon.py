@@ -9,7 +9,7 @@ from predictor.config import ServerConfig
 from predictor.daemon import Daemon
 from predictor.demo import SimulatedCluster, demo_config
 from predictor.detectors.trend import ThresholdTrendScorer
-from predictor.domain import DeploymentRef
+from predictor.domain import Action, DeploymentRef
 from predictor.engine import Engine
 from predictor.simulate import SimulatedRollout
 
@@ -33,7 +33,7 @@ def get(url: str) -> tuple[int, str]:
 
 
 def make_daemon(ready: dict[str, bool]) -> tuple[Daemon, SimulatedCluster, SteppedClock]:
-    config = replace(demo_config(), server=ServerConfig(host="127.0.0.1", port=0))
+    config = replace(demo_config(Action.UNDO), server=ServerConfig(host="127.0.0.1", port=0))
     cluster = SimulatedCluster([SimulatedRollout(DeploymentRef("shop", "checkout"), "error_regression", START)])
     engine = Engine(config, rollouts=cluster, metrics=cluster, actuator=cluster, notifier=cluster,
                     scorer=ThresholdTrendScorer())
