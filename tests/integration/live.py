@@ -8,8 +8,12 @@ import signal
 import subprocess
 import sys
 import threading
+import time
+import urllib.request
 from collections.abc import Collection, Mapping
 from pathlib import Path
+
+import yaml
 
 from tests.fakes.kubeapi import FakeKubeAPI
 from tests.fixtures.alertmanager import free_port
@@ -126,6 +130,29 @@ def start_daemon(config: Path, env: Mapping[str, str] | None = None) -> subproce
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
     )
+
+
+def wait_for_first_tick(config: Path, daemon: subprocess.Popen[str], timeout: float = 90.0) -> None:
+    """Returns once the daemon's /metrics counts a tick, as a user starts the daemon before rolling out.
+
+    Start-up (imports, the start-up checks against Prometheus and the API server, the first LIST) takes a few
+    seconds on an idle machine and far longer on a loaded one; a rollout started before it would be half done
+    when the daemon first looks."""
+    port = yaml.safe_load(config.read_text())["server"]["port"]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if daemon.poll() is not None:
+            raise AssertionError(f"the daemon exited with {daemon.returncode}: {daemon.communicate()[0][-3000:]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
+                body = response.read().decode()
+        except OSError:
+            body = ""
+        if any(line.startswith("predictor_ticks_total ") and float(line.split()[1]) >= 1
+               for line in body.splitlines()):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"no tick within {timeout:.0f}s of start")
 
 
 def stop_daemon(daemon: subprocess.Popen[str]) -> str:

@@ -26,6 +26,7 @@ from tests.integration.live import (
     set_image,
     start_daemon,
     stop_daemon,
+    wait_for_first_tick,
     write_config,
 )
 
@@ -56,6 +57,7 @@ def test_bad_release_is_undone_and_alerted_healthy_release_is_left_alone(
                                  lambda r: bool(r) and float(r[0]["value"][1]) >= 16, timeout=20)
         daemon = start_daemon(config)
         try:
+            wait_for_first_tick(config, daemon)
             for name, image in (("checkout", "checkout:v2"), ("catalog", "catalog:v2")):
                 set_image(fake_kube, namespace, name, image)
             # The rollout moves one replica every 2 seconds, like a controller waiting for readiness.

@@ -13,7 +13,15 @@ import pytest
 
 from tests.fakes.kubeapi import FakeKubeAPI, make_deployment
 from tests.fixtures.prometheus import LivePrometheus
-from tests.integration.live import TrafficFeeder, image_of, set_image, start_daemon, stop_daemon, write_config
+from tests.integration.live import (
+    TrafficFeeder,
+    image_of,
+    set_image,
+    start_daemon,
+    stop_daemon,
+    wait_for_first_tick,
+    write_config,
+)
 
 pytestmark = [pytest.mark.prometheus]
 LEASE_SECONDS = 3.0
@@ -72,7 +80,7 @@ def test_one_leader_acts_and_the_follower_takes_over_without_acting_twice(
         try:
             wait_for(lambda: lease_holder(fake_kube, namespace) == "predictor-a", 20, "predictor-a to lead")
             second = start_daemon(configs["predictor-b"], {**election, "POD_NAME": "predictor-b"})
-            time.sleep(2.0)  # the follower is up and scoring
+            wait_for_first_tick(configs["predictor-b"], second)  # the follower is up and scoring
             assert lease_holder(fake_kube, namespace) == "predictor-a"
 
             roll_out_until_undone(fake_kube, namespace, "checkout", "checkout:v1", "checkout:v2")
