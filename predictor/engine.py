@@ -19,6 +19,7 @@ from predictor.domain import Action, Alert, Assessment, Decision, DeploymentRef,
 from predictor.features import MetricHistory
 from predictor.policy import RolloutMemory
 from predictor.ports import ActionResult, Actuator, MetricSource, Notifier, RolloutSource
+from predictor.status.board import StatusBoard
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,7 @@ class Engine:
         notifier: Notifier,
         scorer: Scorer,
         may_act: Callable[[], bool] = lambda: True,
+        board: StatusBoard | None = None,
     ) -> None:
         self.config = config
         self.rollouts = rollouts
@@ -69,6 +71,8 @@ class Engine:
         """False on a follower under leader election: it scores but neither acts nor alerts."""
         self.history = MetricHistory(config.policy.lookback_seconds)
         self.memory: dict[DeploymentRef, RolloutMemory] = {}
+        self.board = board if board is not None else StatusBoard()
+        """What the status API, pages and reports show: recent values, forecasts and decisions per rollout."""
 
     def tick(self, now: float) -> TickReport:
         report = TickReport(time=now)
@@ -80,6 +84,7 @@ class Engine:
             return report
         watched = [s for s in states if policy_rules.in_scope(s, now, self.config.policy)]
         report.watched = len(watched)
+        self.board.begin_tick(now, watched)
         resolved = self._retire(watched, now)
         self._observe(watched, now, report)
         leader = self.may_act()
@@ -128,6 +133,7 @@ class Engine:
             for ref, items in by_ref.items():
                 if ref in revisions:
                     self.history.add(revisions[ref], items)
+                    self.board.observe(ref, revisions[ref], spec, items)
 
     def _fetch(
         self, spec: MetricSpec, watched: Sequence[RolloutState], now: float, report: TickReport
@@ -150,6 +156,7 @@ class Engine:
         memory, decision = policy_rules.decide(previous, rollout, assessments, now, self.config.policy)
         self.memory[rollout.ref] = memory
         report.decisions.append(decision)
+        self.board.assessed(rollout, assessments, decision, str(memory.phase))
         changed = previous is None or previous.phase is not memory.phase or decision.action is not Action.NONE
         level = logging.INFO if changed else logging.DEBUG
         log.log(level, "decision %s rev %d: %s (phase %s) %s", rollout.ref, rollout.revision, decision.action,
@@ -168,6 +175,7 @@ class Engine:
         if not leader:
             self.memory[rollout.ref] = policy_rules.not_applied(self.memory[rollout.ref])
             log.info("follower: not acting on %s (%s); the leader does", rollout.ref, decision.action)
+            self.board.outcome(decision, "not applied (follower)")
             return
         try:
             result = self.actuator.apply(decision, rollout)
@@ -176,8 +184,10 @@ class Engine:
             report.actions.append(ActionOutcome(decision, None, str(exc)))
             report.errors.append(f"{decision.action} {rollout.ref}: {exc}")
             log.error("%s of %s failed, will retry next tick: %s", decision.action, rollout.ref, exc)
+            self.board.outcome(decision, f"failed: {exc}")
             return
         report.actions.append(ActionOutcome(decision, result))
+        self.board.outcome(decision, f"{'applied' if result.applied else 'unchanged'}: {result.detail}")
         log.warning("%s %s revision %d%s: %s; %s", decision.action, rollout.ref, rollout.revision,
                     " (dry run)" if decision.dry_run else "", decision.reason, result.detail)
 

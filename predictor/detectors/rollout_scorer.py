@@ -58,7 +58,7 @@ from predictor.detectors.forecast import DampedTrendForecaster, LocalTrend, Tren
 from predictor.detectors.forest import RolloutIsolationForest
 from predictor.detectors.season import SeasonalProfile
 from predictor.detectors.trend import SHARED_CAUSE_RISK_CAP
-from predictor.domain import Assessment, DeploymentRef, Direction, RolloutState, Scope
+from predictor.domain import Assessment, DeploymentRef, Direction, ForecastBand, RolloutState, Scope
 from predictor.features import MetricHistory, Series, mix_breach_time
 
 DEFAULT_LIVE_PARAMS: Mapping[str, float] = {"alpha": 0.3, "beta": 0.05, "phi": 0.96}
@@ -305,10 +305,11 @@ class ForecastScorer:
                 **base, risk=0.0, value=value,
                 reason=f"{spec.name}: deployment {_fmt(dep.last)}, new {_fmt(new.last)}, "
                 f"old {_fmt(view.old_ref())}, threshold {spec.threshold:g}; {view.quiet_forecast()}{note}",
+                forecast=_forecast_band(view),
             )
         best = max(evidence, key=lambda e: e.risk)
         return Assessment(**base, risk=round(best.risk, 4), value=value, predicted_breach=best.breach_at,
-                          reason=best.reason + note)
+                          reason=best.reason + note, forecast=_forecast_band(view))
 
     # State ------------------------------------------------------------------------------------------------
     def _start_tick(self, now: float) -> None:
@@ -900,3 +901,20 @@ class _View:
         within = format_duration(self.reach(Scope.DEPLOYMENT))
         return (f"forecast {fc.forecast:.4g} ± {1.96 * fc.sd:.2g}, P(breach within {within}) = "
                 f"{fc.probability:.2f}; no breach predicted")
+
+
+def _forecast_band(view: _View) -> ForecastBand | None:
+    """The forecast the status page draws: the Deployment's local trend once every pod is new, the new pods' while
+    pods mix (their trend is what the Deployment follows). None for counts, per-pod limits or too few samples."""
+    if view.counts_events:
+        return None
+    scope = Scope.NEW if view.mixing else Scope.DEPLOYMENT
+    fresh = view.new_fresh if view.mixing else view.dep_fresh
+    if not fresh or view.limit(scope) != view.spec.threshold:
+        return None
+    result = view._breach_risk(scope)
+    if result is None:
+        return None
+    fc = result[1]
+    return ForecastBand(scope=scope, start=view.now, level=fc.level, until=view.now + view.reach(scope),
+                        mean=fc.forecast, low=fc.forecast - 1.96 * fc.sd, high=fc.forecast + 1.96 * fc.sd)
