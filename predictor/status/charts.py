@@ -10,17 +10,21 @@ A chart of 240 samples costs about a millisecond; it is drawn when a page is ask
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from html import escape
 
 from predictor.domain import Action, ForecastBand
-from predictor.status.board import DecisionEntry, MetricTrack
+from predictor.status.board import DecisionEntry, MetricTrack, Sample
 
 WIDTH, HEIGHT = 760, 260
 LEFT, RIGHT, TOP, BOTTOM = 64, 150, 16, 34
 """Margins: the y axis' labels on the left, the legend on the right, the time axis below."""
 SERIES = (("deployment", "deployment", "#1f77b4"), ("new", "new pods", "#d62728"), ("old", "old pods", "#7f7f7f"))
+MIN_FORECAST_SHOWN_SECONDS = 300.0
+"""The forecast is drawn as far ahead as the samples shown reach back (at least this far), not its whole horizon,
+so that a 30-minute forecast does not squeeze two minutes of samples into a corner."""
 BEYOND_CHART_SECONDS = 3600.0
 """A predicted breach further than this past the last sample is told in words, not drawn."""
 
@@ -71,6 +75,7 @@ def metric_chart(track: MetricTrack, decisions: Sequence[DecisionEntry]) -> str:
 
     t0, t1 = samples[0].time, samples[-1].time
     if band is not None:
+        band = _shortened(band, samples[-1].time + max(samples[-1].time - t0, MIN_FORECAST_SHOWN_SECONDS))
         t1 = max(t1, band.until)
     breach_drawn = breach is not None and math.isfinite(breach) and breach <= samples[-1].time + BEYOND_CHART_SECONDS
     if breach_drawn:
@@ -150,7 +155,17 @@ def metric_chart(track: MetricTrack, decisions: Sequence[DecisionEntry]) -> str:
     return "".join(out)
 
 
-def _path(samples: Sequence, key: str, x, y) -> str:  # type: ignore[no-untyped-def]
+def _shortened(band: ForecastBand, until: float) -> ForecastBand:
+    """The band cut at `until`, its mean and width taken proportionally (the page draws them as straight lines)."""
+    if band.until <= until or band.until <= band.start:
+        return band
+    share = max(0.0, (until - band.start) / (band.until - band.start))
+    mean = band.level + share * (band.mean - band.level)
+    return replace(band, until=until, mean=mean, low=mean - share * (band.mean - band.low),
+                   high=mean + share * (band.high - band.mean))
+
+
+def _path(samples: Sequence[Sample], key: str, x: Callable[[float], float], y: Callable[[float], float]) -> str:
     parts: list[str] = []
     pen_down = False
     for sample in samples:
