@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from predictor.domain import Action, Direction
+from predictor.domain import Action, DeploymentRef, Direction, rollout_page_path
 
 PLACEHOLDERS = ("namespace", "deployment", "pods")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w|y)")
@@ -163,6 +163,13 @@ class PolicyConfig:
 class ServerConfig:
     host: str = "0.0.0.0"
     port: int = 8080
+    external_url: str = ""
+    """Where people reach the daemon's pages (an Ingress, not the pod IP); "" for none. Alerts' generatorURL and
+    the `predictor.io/status-url` annotation link to `<external_url>/rollouts/<namespace>/<deployment>`."""
+
+    def page_url(self, ref: DeploymentRef) -> str:
+        """The rollout's page under `external_url`, "" when that is not set."""
+        return f"{self.external_url}/{rollout_page_path(ref)}" if self.external_url else ""
 
 
 @dataclass(frozen=True)
@@ -851,7 +858,7 @@ def parse_config(raw: Any, source: str = "config") -> Config:
         ("action", "dry_run", "bake", "horizon", "interval", "consecutive", "risk_threshold", "alert_threshold",
          "undo_threshold", "blind_after", "blind_action", "lookback"),
     )
-    srv = reader.section(raw, "server", "", ("host", "port"))
+    srv = reader.section(raw, "server", "", ("host", "port", "external_url"))
     log = reader.section(raw, "logging", "", ("format", "level"))
     mdl = reader.section(raw, "models", "", ("dir", "reload", "scorer"))
 
@@ -881,6 +888,8 @@ def parse_config(raw: Any, source: str = "config") -> Config:
         server=ServerConfig(
             host=_read_host(srv, reader),
             port=int(reader.number(srv, "port", "server", 8080, minimum=0, maximum=65535, integer=True)),
+            external_url=reader.url(srv, "external_url", "server", "", api="/rollouts/{namespace}/{deployment}")
+            or "",
         ),
         logging=LoggingConfig(
             format=reader.choice(log, "format", "logging", "text", ["text", "json"], any_case=True),

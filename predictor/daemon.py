@@ -1,7 +1,8 @@
 """`predictor run`: the one place that wires the adapters, the clock and the scheduler around the engine.
 
 APScheduler runs the tick every `policy.interval` (never two at once; a late tick is coalesced), an HTTP server
-answers /healthz, /readyz and /metrics, and SIGTERM lets the running tick finish before the process exits.
+answers /healthz, /readyz and /metrics (and hands the status pages and API to `predictor.status.routes`), and
+SIGTERM lets the running tick finish before the process exits.
 """
 
 from __future__ import annotations
@@ -225,14 +226,16 @@ def build_daemon(config: Config) -> Daemon:
     clock = SystemClock()
     notifier: Any
     if config.alertmanager.url:
-        notifier = AlertmanagerNotifier(config.alertmanager, resend_seconds=config.policy.interval_seconds, clock=clock)
+        notifier = AlertmanagerNotifier(config.alertmanager, resend_seconds=config.policy.interval_seconds, clock=clock,
+                                        page_url=config.server.page_url)
     else:
         notifier = LoggingNotifier()
     leader = None
     if election is not None:
         leader = LeaderElector(kube_client.CoordinationV1Api(api_client), election, clock=clock)
     scorer, artifact = build_scorer(config, scorer=config.models.scorer)
-    engine = Engine(config, rollouts=rollouts, metrics=metrics, actuator=KubernetesActuator(api_client, clock=clock),
+    actuator = KubernetesActuator(api_client, clock=clock, page_url=config.server.page_url)
+    engine = Engine(config, rollouts=rollouts, metrics=metrics, actuator=actuator,
                     notifier=notifier, scorer=scorer, may_act=leader.is_leader if leader is not None else lambda: True)
     # Readiness never depends on leadership: a follower is ready to take over.
     checks = {"prometheus": metrics.is_online, "kubernetes": rollouts.is_online}

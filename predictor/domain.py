@@ -9,6 +9,7 @@ import enum
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from urllib.parse import quote
 
 ANNOTATION_PREFIX = "predictor.io/"
 """Annotations the actuator writes on a Deployment and the rollout sources read back after a restart."""
@@ -19,8 +20,15 @@ ANNOTATION_REASON = ANNOTATION_PREFIX + "reason"
 ANNOTATION_RISK = ANNOTATION_PREFIX + "risk"
 ANNOTATION_PREDICTED_BREACH = ANNOTATION_PREFIX + "predicted-breach"
 ANNOTATION_DRY_RUN = ANNOTATION_PREFIX + "dry-run"
+ANNOTATION_STATUS_URL = ANNOTATION_PREFIX + "status-url"
+"""The rollout's status page (`server.external_url`), written with the others when that is set."""
 REVISION_ANNOTATION = "deployment.kubernetes.io/revision"
 POD_TEMPLATE_HASH_LABEL = "pod-template-hash"
+
+
+def rollout_page_path(ref: DeploymentRef) -> str:
+    """The path of a rollout's status page, relative to the daemon's root: `rollouts/<namespace>/<deployment>`."""
+    return f"rollouts/{quote(ref.namespace, safe='')}/{quote(ref.name, safe='')}"
 
 
 class Direction(enum.StrEnum):

@@ -10,18 +10,17 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import quote
 
 from predictor.config import format_time
-from predictor.domain import ForecastBand
+from predictor.domain import DeploymentRef, ForecastBand, rollout_page_path
 from predictor.status.board import DecisionEntry, MetricTrack, RolloutRecord, StatusBoard
 
 API_VERSION = "v1"
 
 
 def page_path(namespace: str, deployment: str) -> str:
-    """The path of a rollout's page, relative to the daemon's root (and to a report's folder)."""
-    return f"rollouts/{quote(namespace, safe='')}/{quote(deployment, safe='')}"
+    """The path of a rollout's page, relative to the daemon's root."""
+    return rollout_page_path(DeploymentRef(namespace, deployment))
 
 
 def _number(value: float | None) -> float | None:
