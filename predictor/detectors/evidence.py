@@ -34,6 +34,7 @@ The isolation forest's verdict (`ForecastScorer._with_forest`) joins these when 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -46,7 +47,7 @@ from predictor.detectors.evidence_reading import (
     normal_cdf,
 )
 from predictor.detectors.trend import SHARED_CAUSE_RISK_CAP
-from predictor.domain import Direction, Scope
+from predictor.domain import Direction, PodState, Scope
 
 SETTLING_RISK_CAP = 0.5
 """Risk of a breach by new pods whose forecast decays back below the threshold: warming up, not broken."""
@@ -243,6 +244,121 @@ def quiet_forecast(r: Reading) -> str:
             f"{fc.probability:.2f}; no breach predicted")
 
 
+# Pod states -------------------------------------------------------------------------------------------------
+CRASH_WAITING_REASONS = frozenset({
+    "CrashLoopBackOff", "Error", "ImagePullBackOff", "ErrImagePull", "InvalidImageName", "CreateContainerError",
+    "CreateContainerConfigError", "RunContainerError", "StartError",
+})
+"""A container's `state.waiting.reason` that says it cannot run: crashing, or its image or config unusable."""
+RESTART_SURPRISE = 0.01
+"""New pods' restarts are this release's when old pods, restarting at their own rate per pod-second, would make as
+many in the new pods' summed age with at most this probability (a Poisson tail: the test's false-positive rate)."""
+UNREADY_RISK = 0.8
+"""Risk of new pods that stay unready beyond the readiness allowance while old pods are ready: pause, not undo (an
+allowance set too short for a slow start would otherwise roll back a sound release)."""
+
+
+def _poisson_tail(count: int, mean: float) -> float:
+    """P(N >= count) for N ~ Poisson(mean)."""
+    if count <= 0:
+        return 1.0
+    if mean <= 0:
+        return 0.0
+    term, below = math.exp(-mean), 0.0
+    for i in range(count):
+        below += term
+        term *= mean / (i + 1)
+    return max(0.0, 1.0 - below)
+
+
+def _age(pod: PodState, now: float) -> float | None:
+    return max(0.0, now - pod.created_at) if pod.created_at is not None else None
+
+
+def pod_states(r: Reading) -> Evidence | None:
+    """New pods' own states (`RolloutState.pods`), from their first occurrence, on the metric that counts restarts
+    (the crash-loop family's breach: more than 3 restarts in 5 minutes):
+
+    - a new pod's container waiting in a CRASH_WAITING_REASONS reason while no old pod waits in one;
+    - new pods' restarts beyond what old pods' own restart rate explains (RESTART_SURPRISE): acting when a
+      restarted pod is not ready or restarted twice, an alert for one restart of a pod that serves again;
+    - new pods unready for longer than the readiness allowance (`RolloutState.ready_allowance_seconds`, else the
+      scorer's `ready_allowance_seconds`) while every old pod is ready.
+
+    Without pod information (the source does not know pods, or none of the new ReplicaSet is listed yet) there is no
+    evidence: never a signal by itself."""
+    if not r.counts_events or r.spec.direction is not Direction.ABOVE:
+        return None
+    rollout, name = r.rollout, r.spec.name
+    new, old = rollout.new_pods, rollout.old_pods
+    if not new:
+        return None
+    waiting = [p for p in new if p.waiting_reason in CRASH_WAITING_REASONS]
+    if waiting:
+        pod = waiting[0]
+        head = (f"{name}: new pod {pod.name} waiting in {pod.waiting_reason} ({pod.restarts} restart(s)"
+                + (f", {len(waiting)} of {len(new)} new pods waiting" if len(waiting) > 1 else "") + ")")
+        also = next((p for p in old if p.waiting_reason in CRASH_WAITING_REASONS), None)
+        if also is not None:
+            return Evidence(SHARED_CAUSE_RISK_CAP, None, f"{head}, but old pod {also.name} waits in "
+                            f"{also.waiting_reason} too: not this release")
+        return Evidence(NEW_POD_BREACH_RISK, None, f"{head} while no old pod does: it cannot run, evidence from "
+                        f"its first occurrence")
+    restarts = sum(p.restarts for p in new)
+    if restarts > 0:
+        return _new_restarts(r, new, old, restarts)
+    return _never_ready(r, new, old)
+
+
+def _new_restarts(r: Reading, new: Sequence[PodState], old: Sequence[PodState], restarts: int) -> Evidence:
+    name, now = r.spec.name, r.now
+    old_restarts = sum(p.restarts for p in old)
+    old_ages = [_age(p, now) for p in old]
+    new_ages = [_age(p, now) for p in new]
+    if old_restarts == 0:
+        expected = 0.0
+        basis = f"no old pod restarted ({len(old)} old pod(s))"
+    elif all(a is not None for a in old_ages + new_ages) and sum(a for a in old_ages if a is not None) > 0:
+        rate = old_restarts / sum(a for a in old_ages if a is not None)
+        expected = rate * sum(a for a in new_ages if a is not None)
+        basis = (f"old pods restart {rate * 3600:.3g} times an hour per pod, {expected:.2g} expected in the new "
+                 f"pods' age")
+    else:
+        expected = math.inf
+        basis = f"old pods restarted {old_restarts} time(s), at a rate unknown without their ages"
+    tail = _poisson_tail(restarts, expected) if math.isfinite(expected) else 1.0
+    restarted = [p for p in new if p.restarts > 0]
+    head = (f"{name}: new pods restarted {restarts} time(s) ({', '.join(f'{p.name} {p.restarts}' for p in restarted)})"
+            f"; {basis}")
+    if tail >= RESTART_SURPRISE:
+        return Evidence(SHARED_CAUSE_RISK_CAP, None, f"{head} (P = {tail:.2g}): old pods restart as much, not this "
+                        f"release")
+    head += f" (P = {tail:.2g} < {RESTART_SURPRISE:g})"
+    unready = [p for p in restarted if not p.ready]
+    if unready:
+        return Evidence(NEW_POD_BREACH_RISK, None, f"{head}; {unready[0].name} restarted and is not ready: a crash "
+                        f"loop from its first restart")
+    if max(p.restarts for p in restarted) >= 2:
+        return Evidence(NEW_POD_BREACH_RISK, None, f"{head}; a new pod restarted twice or more: a crash loop")
+    return Evidence(SETTLING_RISK_CAP, None, f"{head}; the pod serves again after one restart: an alert, no loop yet")
+
+
+def _never_ready(r: Reading, new: Sequence[PodState], old: Sequence[PodState]) -> Evidence | None:
+    allowance = r.rollout.ready_allowance_seconds
+    if allowance is None:
+        allowance = r.settings.ready_allowance_seconds
+    overdue = [p for p in new if not p.ready and (age := _age(p, r.now)) is not None and age > allowance]
+    if not overdue or not old or not all(p.ready for p in old):
+        return None
+    pod = overdue[0]
+    age = _age(pod, r.now)
+    assert age is not None
+    return Evidence(UNREADY_RISK, None, f"{r.spec.name}: {len(overdue)} of {len(new)} new pod(s) not ready "
+                    f"({pod.name} for {format_duration(age)}, beyond the readiness allowance of "
+                    f"{format_duration(allowance)}) while all {len(old)} old pod(s) are ready: the new revision does "
+                    f"not become ready")
+
+
 def _as_findings(result: Finding | Sequence[Evidence]) -> Iterable[Evidence | Abstention]:
     if result is None:
         return ()
@@ -254,7 +370,7 @@ def _as_findings(result: Finding | Sequence[Evidence]) -> Iterable[Evidence | Ab
 Piece = Callable[[Reading], Finding | Sequence[Evidence]]
 """A piece of evidence: a function of one reading."""
 PIECES: tuple[Piece, ...] = (
-    current_breach, new_against_old, recurring_events, trend_forecasts,
+    current_breach, new_against_old, recurring_events, pod_states, trend_forecasts,
 )
 """The pieces of evidence in the order they are asked; on equal risks the first wins."""
 

@@ -69,6 +69,7 @@ class Settings(Protocol):
     urgency_discount: float
     trend_memory_seconds: float
     traffic_rise: float | None
+    ready_allowance_seconds: float
 
 
 def median(values: list[float]) -> float:

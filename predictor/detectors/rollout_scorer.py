@@ -87,6 +87,8 @@ class ForecastScorer:
     - `traffic_rise`: once no old pod is left, a rise of the Deployment's traffic per pod (a ratio metric's
       denominator) by this share within `trend_memory_seconds` makes a breach or trend follow the load, not the
       release (default 0.25; None: no traffic check).
+    - `ready_allowance_seconds`: how long new pods may stay unready while old pods are ready, where the rollout
+      source cannot read it from the pod template (`RolloutState.ready_allowance_seconds`; default 300 s).
     - `urgency_discount` weighs a breach at the horizon this much less than one now (default 0: the risk is the
       probability of a breach within the horizon).
     """
@@ -114,6 +116,7 @@ class ForecastScorer:
         flatten_z: float = 3.0,
         recurring_events: int = 2,
         traffic_rise: float | None = 0.25,
+        ready_allowance_seconds: float = 300.0,
     ) -> None:
         self.step_seconds = step_seconds
         self.forecasters = dict(forecasters or {})
@@ -135,6 +138,7 @@ class ForecastScorer:
         self.flatten_z = flatten_z
         self.recurring_events = recurring_events
         self.traffic_rise = traffic_rise
+        self.ready_allowance_seconds = ready_allowance_seconds
         self._validate()
         self._default = DampedTrendForecaster.from_params(
             alpha=self.default_params["alpha"], beta=self.default_params["beta"], phi=self.default_params["phi"],
@@ -165,6 +169,9 @@ class ForecastScorer:
                 raise ValueError(f"{name}: expected 0..1, got {value!r}")
         if self.traffic_rise is not None and not (self.traffic_rise > 0 and math.isfinite(self.traffic_rise)):
             raise ValueError(f"traffic_rise: expected a positive share or None, got {self.traffic_rise!r}")
+        if not (self.ready_allowance_seconds > 0 and math.isfinite(self.ready_allowance_seconds)):
+            raise ValueError(f"ready_allowance_seconds: expected a positive number of seconds, got "
+                             f"{self.ready_allowance_seconds!r}")
         if self.settle_seconds < 0:
             raise ValueError(f"settle_seconds: expected >= 0, got {self.settle_seconds!r}")
         if not (self.trend_memory_seconds > 0 and math.isfinite(self.trend_memory_seconds)):
