@@ -176,7 +176,7 @@ class Observation:
 @dataclass(frozen=True)
 class ForecastBand:
     """Where a scorer forecasts one scope of a metric: from `level` at `start` to `mean` at `until`, with the 95 %
-    band `low`..`high` there (what the status page draws)."""
+    band `low`..`high` there (what the status page draws), and `path`, points (time, mean, low, high) on the way."""
 
     scope: Scope
     start: float
@@ -185,6 +185,7 @@ class ForecastBand:
     mean: float
     low: float
     high: float
+    path: tuple[tuple[float, float, float, float], ...] = ()
 
 
 @dataclass(frozen=True)
