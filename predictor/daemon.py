@@ -109,7 +109,7 @@ class Daemon:
             except Exception:
                 results[name] = False
         self.health.prometheus_ok = results.get("prometheus", True)
-        self.health.kubernetes_ok = results.get("kubernetes", True)
+        self.health.kubernetes_ok = results.get("kubernetes", results.get("docker", True))  # the host's API
         self.health.detail = ", ".join(f"{k} {'ok' if v else 'unreachable'}" for k, v in results.items())
 
     def start(self) -> None:
@@ -127,7 +127,8 @@ class Daemon:
             self.leader.start()
         self.scheduler.start()
         log.info("predictor running: %d target(s), %d metric(s), tick every %gs, action %s%s, http on %s:%d",
-                 len(self.config.targets), len(self.config.metrics), interval, self.config.policy.action,
+                 len(self.config.targets) or len(self.config.swarm_targets), len(self.config.metrics), interval,
+                 self.config.policy.action,
                  " (dry run)" if self.config.policy.dry_run else "", self.config.server.host, self.port)
 
     @property
@@ -197,7 +198,10 @@ def serve_http(daemon: Daemon, host: str, port: int) -> ThreadingHTTPServer:
 
 
 def build_daemon(config: Config) -> Daemon:
-    """Wire the real adapters: Kubernetes API, Prometheus, Alertmanager, the wall clock."""
+    """Wire the real adapters: Kubernetes API (or a swarm manager's Engine API), Prometheus, Alertmanager, the
+    wall clock."""
+    if config.swarm_targets:
+        return build_swarm_daemon(config)
     from kubernetes import client as kube_client
 
     from predictor.actuators.kubernetes import KubernetesActuator
@@ -235,5 +239,32 @@ def build_daemon(config: Config) -> Daemon:
     checks = {"prometheus": metrics.is_online, "kubernetes": rollouts.is_online}
     daemon = Daemon(config, engine, readiness_checks=checks, clock=clock, leader=leader,
                     on_stop=[rollouts.close, notifier.close])
+    daemon.set_model(artifact)
+    return daemon
+
+
+def build_swarm_daemon(config: Config) -> Daemon:
+    """Wire the Docker Swarm adapters (`rollouts/swarm`, `sources/swarm`, `actuators/swarm`) around the same
+    engine: one predictor per swarm, no leader election (run one replica)."""
+    from predictor.actuators.swarm import SwarmActuator
+    from predictor.alerting import AlertmanagerNotifier, LoggingNotifier
+    from predictor.rollouts.swarm import SwarmRolloutSource, build_docker_client
+    from predictor.scoring import build_scorer
+    from predictor.sources.swarm import SwarmMetricSource
+
+    api = build_docker_client(config.docker)
+    rollouts = SwarmRolloutSource(api, config.swarm_targets)
+    metrics = SwarmMetricSource(config.prometheus, task_label=rollouts.task_label, limits=rollouts.limits)
+    clock = SystemClock()
+    notifier: Any
+    if config.alertmanager.url:
+        notifier = AlertmanagerNotifier(config.alertmanager, resend_seconds=config.policy.interval_seconds, clock=clock)
+    else:
+        notifier = LoggingNotifier()
+    scorer, artifact = build_scorer(config, scorer=config.models.scorer)
+    engine = Engine(config, rollouts=rollouts, metrics=metrics, actuator=SwarmActuator(api, clock=clock),
+                    notifier=notifier, scorer=scorer)
+    checks = {"prometheus": metrics.is_online, "docker": rollouts.is_online}
+    daemon = Daemon(config, engine, readiness_checks=checks, clock=clock, on_stop=[rollouts.close, notifier.close])
     daemon.set_model(artifact)
     return daemon
