@@ -25,6 +25,8 @@ import yaml
 from predictor.domain import Action, Direction
 
 PLACEHOLDERS = ("namespace", "deployment", "pods")
+WORKLOAD_KINDS = ("Deployment", "Rollout")
+"""What a Kubernetes target watches: Deployments, or Argo Rollouts (their pods are named the same way)."""
 SWARM_PLACEHOLDERS = ("service", "tasks")
 """A Swarm target's queries select tasks: `{service}` (a regex of the service names) and `{tasks}` (of the task
 names `<service>.<slot>.<task id>` in scope)."""
@@ -110,6 +112,8 @@ class Target:
     namespace: str
     selector: str = ""
     names: tuple[str, ...] = ()
+    kind: str = "Deployment"
+    """Deployment, or Rollout (Argo Rollouts' argoproj.io/v1alpha1 kind)."""
 
 
 @dataclass(frozen=True)
@@ -657,8 +661,8 @@ def _read_targets(raw: Any, reader: _Reader) -> tuple[Target, ...]:
         reader.error("targets", "expected a non-empty list of {namespace, selector, names}", raw)
         return ()
     targets = []
-    seen: dict[tuple[str, str, tuple[str, ...]], int] = {}
-    for i, path, item in reader.items(raw, "targets", ("namespace", "selector", "names", "swarm")):
+    seen: dict[tuple[str, str, tuple[str, ...], str], int] = {}
+    for i, path, item in reader.items(raw, "targets", ("namespace", "selector", "names", "kind", "swarm")):
         if "swarm" in item:
             continue  # read by _read_swarm_targets
         if "namespace" not in item:
@@ -676,14 +680,15 @@ def _read_targets(raw: Any, reader: _Reader) -> tuple[Target, ...]:
         before = len(reader.errors)
         selector = _read_selector(item, path, reader)
         names = _read_names(item, path, reader)
-        identity = (namespace, selector, tuple(sorted(names)))
+        kind = reader.choice(item, "kind", path, "Deployment", WORKLOAD_KINDS)
+        identity = (namespace, selector, tuple(sorted(names)), kind)
         if len(reader.errors) > before:
             continue
         if identity in seen:
             reader.error(path, f"expected each target once, but it repeats targets[{seen[identity]}]", dict(item))
             continue
         seen[identity] = i
-        targets.append(Target(namespace=namespace, selector=selector, names=names))
+        targets.append(Target(namespace=namespace, selector=selector, names=names, kind=kind))
     return tuple(targets)
 
 

@@ -207,6 +207,7 @@ def build_daemon(config: Config) -> Daemon:
     from predictor.actuators.kubernetes import KubernetesActuator
     from predictor.alerting import AlertmanagerNotifier, LoggingNotifier
     from predictor.config import ConfigError
+    from predictor.hosts import ActuatorByKind, CombinedRolloutSource
     from predictor.kube import KubeConfigError, build_api_client
     from predictor.leader import LeaderElectionConfig, LeaderElectionConfigError, LeaderElector
     from predictor.rollouts.kubernetes import KubernetesRolloutSource
@@ -221,7 +222,17 @@ def build_daemon(config: Config) -> Daemon:
         api_client = build_api_client(config.kubernetes)
     except KubeConfigError as exc:
         raise ConfigError([str(exc)], "kubernetes credentials") from exc
-    rollouts = KubernetesRolloutSource(api_client, config.targets)
+    deployment_targets = [t for t in config.targets if t.kind == "Deployment"]
+    rollout_targets = [t for t in config.targets if t.kind == "Rollout"]
+    sources: list[Any] = [KubernetesRolloutSource(api_client, deployment_targets)] if deployment_targets else []
+    actuators: dict[str, Any] = {"deployment": KubernetesActuator(api_client, clock=SystemClock())}
+    if rollout_targets:  # Argo Rollouts beside (or instead of) Deployments
+        from predictor.actuators.argo import ArgoActuator
+        from predictor.rollouts.argo import ArgoRolloutSource
+
+        sources.append(ArgoRolloutSource(api_client, rollout_targets))
+        actuators["rollout"] = ArgoActuator(api_client, clock=SystemClock())
+    rollouts = sources[0] if len(sources) == 1 else CombinedRolloutSource(sources)
     metrics = PrometheusMetricSource(config.prometheus)
     clock = SystemClock()
     notifier: Any
@@ -233,7 +244,7 @@ def build_daemon(config: Config) -> Daemon:
     if election is not None:
         leader = LeaderElector(kube_client.CoordinationV1Api(api_client), election, clock=clock)
     scorer, artifact = build_scorer(config, scorer=config.models.scorer)
-    engine = Engine(config, rollouts=rollouts, metrics=metrics, actuator=KubernetesActuator(api_client, clock=clock),
+    engine = Engine(config, rollouts=rollouts, metrics=metrics, actuator=ActuatorByKind(actuators),
                     notifier=notifier, scorer=scorer, may_act=leader.is_leader if leader is not None else lambda: True)
     # Readiness never depends on leadership: a follower is ready to take over.
     checks = {"prometheus": metrics.is_online, "kubernetes": rollouts.is_online}
