@@ -292,7 +292,8 @@ def _check_config(path: Path, *, offline: bool) -> int:
         checked = (f"queries not checked: {queries.unreachable}" if queries.unreachable else
                    f"Prometheus at {config.prometheus.url} accepts all {queries.accepted} queries")
     policy = config.policy
-    print(f"{path}: ok: {len(config.targets)} target(s), {len(config.metrics)} metric(s), action {policy.action}"
+    targets = len(config.targets) or len(config.swarm_targets)
+    print(f"{path}: ok: {targets} target(s), {len(config.metrics)} metric(s), action {policy.action}"
           f"{' (dry run)' if policy.dry_run else ''}; {checked}")
     return 0
 

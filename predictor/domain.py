@@ -67,8 +67,12 @@ ACTION_SEVERITY: Mapping[Action, int] = {Action.NONE: 0, Action.ALERT: 1, Action
 
 @dataclass(frozen=True, order=True)
 class DeploymentRef:
+    """The workload a rollout belongs to. `kind` names it in alerts' labels: `deployment` (Kubernetes), `service`
+    (a Docker Swarm service, whose namespace is its stack's, empty outside a stack), `rollout` (Argo Rollouts)."""
+
     namespace: str
     name: str
+    kind: str = "deployment"
 
     def __str__(self) -> str:
         return f"{self.namespace}/{self.name}"

@@ -65,8 +65,8 @@ class Engine:
         notifier: Notifier,
         scorer: Scorer,
         may_act: Callable[[], bool] = lambda: True,
-        board: StatusBoard | None = None,
         kill_switch: KillSwitch | None = None,
+        board: StatusBoard | None = None,
     ) -> None:
         self.config = config
         self.rollouts = rollouts
@@ -79,12 +79,12 @@ class Engine:
         self.kill_switch = kill_switch
         self.history = MetricHistory(config.policy.lookback_seconds)
         self.memory: dict[DeploymentRef, RolloutMemory] = {}
-        self.board = board if board is not None else StatusBoard()
-        """What the status API, pages and reports show: recent values, forecasts and decisions per rollout."""
         self._own_actions: list[safety.SpentAction] = []
         """Pauses and undos this process carried out (the watch cache may not show their records yet)."""
         self._reported: set[object] = set()
         """Ignored annotations and withheld actions already logged at WARNING: once each, not every tick."""
+        self.board = board if board is not None else StatusBoard()
+        """What the status API, pages and reports show: recent values, forecasts and decisions per rollout."""
 
     def tick(self, now: float) -> TickReport:
         report = TickReport(time=now)
@@ -238,10 +238,10 @@ class Engine:
             self.board.outcome(decision, f"failed: {exc}")
             return
         report.actions.append(ActionOutcome(decision, result))
-        self.board.outcome(decision, f"{'applied' if result.applied else 'unchanged'}: {result.detail}")
         if decision.action in safety.LIMITED and (result.applied or decision.dry_run):
             self._own_actions.append(safety.SpentAction(rollout.ref, rollout.revision, decision.action,
                                                         decision.time))
+        self.board.outcome(decision, f"{'applied' if result.applied else 'unchanged'}: {result.detail}")
         log.warning("%s %s revision %d%s: %s; %s", decision.action, rollout.ref, rollout.revision,
                     " (dry run)" if decision.dry_run else "", decision.reason, result.detail)
 
