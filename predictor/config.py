@@ -268,6 +268,51 @@ def default_metric_pack() -> tuple[MetricSpec, ...]:
     )
 
 
+def aggregate_metric_pack() -> tuple[MetricSpec, ...]:
+    """The default pack written in the aggregate form, as SLO queries are usually written (one value for the pods
+    in `{pods}`): the same five metrics and thresholds, rendered per scope (`predictor.promql`)."""
+    sel = 'namespace="{namespace}", pod=~"{pods}"'
+
+    def limit_ratio(usage: str, resource: str) -> str:
+        return (f"max({usage} / on (namespace, pod, container) "
+                f'kube_pod_container_resource_limits{{{sel}, resource="{resource}"}})')
+
+    return (
+        MetricSpec(
+            name="error_ratio",
+            query=f'sum(rate(http_requests_total{{{sel}, code=~"5.."}}[1m])) '
+                  f"/ sum(rate(http_requests_total{{{sel}}}[1m]))",
+            threshold=0.05,
+            unit="ratio",
+        ),
+        MetricSpec(
+            name="latency_p99",
+            query=f"histogram_quantile(0.99, sum by (le) (rate(http_request_duration_seconds_bucket{{{sel}}}[1m])))",
+            threshold=0.5,
+            unit="seconds",
+        ),
+        MetricSpec(
+            name="memory_limit_ratio",
+            query=limit_ratio(f'container_memory_working_set_bytes{{{sel}, container!=""}}', "memory"),
+            threshold=0.9,
+            unit="ratio",
+        ),
+        MetricSpec(
+            name="cpu_limit_ratio",
+            query=limit_ratio(f'sum by (namespace, pod, container) (rate(container_cpu_usage_seconds_total{{{sel}, '
+                              'container!=""}[1m]))', "cpu"),
+            threshold=0.9,
+            unit="ratio",
+        ),
+        MetricSpec(
+            name="restarts_5m",
+            query=f"max(sum by (namespace, pod) (increase(kube_pod_container_status_restarts_total{{{sel}}}[5m])))",
+            threshold=3.0,
+            unit="restarts",
+        ),
+    )
+
+
 _NOTHING: Any = object()
 """The value of a field that is not there: shown as `got nothing`."""
 MAX_DURATION_SECONDS = 366 * 86400.0

@@ -154,6 +154,11 @@ def render_history_query(template: str, refs: Sequence[DeploymentRef]) -> str:
     return _render(template, refs, pods)
 
 
+def render_history_scope_query(template: str, ref: DeploymentRef) -> str:
+    """An aggregate-form template over every pod of one Deployment, whatever its revision (its history)."""
+    return _render(template, [ref], f"{escape_regex(ref.name)}-{_POD_SUFFIX}-{_POD_SUFFIX}")
+
+
 def render_scope_query(template: str, rollout: RolloutState, scope: Scope) -> str:
     """An aggregate-form template for one scope of one rollout: `{pods}` matches that scope's pods only."""
     return _render(template, [rollout.ref], scope_pods_regex(rollout, scope))
@@ -624,11 +629,8 @@ def scope_observations(
                 result = ScopeValue(None, 0, untracked)
             elif key in failed:
                 result = ScopeValue(None, 0, failed[key])
-            elif denominator is not None:
-                result = _scope_ratio(values.get(key), denominator.get(key), pods, spec.min_denominator)
             else:
-                value, error = _one_value(values.get(key), "query")
-                result = ScopeValue(value, pods, error)
+                result = aggregate_value(spec, values.get(key), (denominator or {}).get(key), pods)
             error = f"{spec.name}: {result.error}" if result.error else None
             observations.append(
                 Observation(
@@ -637,6 +639,16 @@ def scope_observations(
                 )
             )
     return observations
+
+
+def aggregate_value(
+    spec: MetricSpec, numerator: Sequence[float] | None, denominator: Sequence[float] | None, pods: int = 0
+) -> ScopeValue:
+    """One scope's value from the series of an aggregate-form query (and denominator) at one time."""
+    if spec.denominator is not None:
+        return _scope_ratio(numerator, denominator, pods, spec.min_denominator)
+    value, error = _one_value(numerator, "query")
+    return ScopeValue(value, pods, error)
 
 
 def _scope_ratio(
