@@ -2,9 +2,11 @@
 
 The Prometheus source (and anything else that gets one value per pod) calls `render_query` to build the one
 query of a tick for all rollouts, then `split_observations` to cut the result into the deployment, new-pod and
-old-pod scopes of each rollout. Pods are named `<deployment>-<pod-template-hash>-<suffix>`; a pod belongs to a
-rollout when its namespace matches and its name, split from the right (Deployment names may contain '-'),
-gives the Deployment's name and one of the rollout's tracked hashes.
+old-pod scopes of each rollout. A pod belongs to a rollout's scope by its `pod-template-hash` label when the
+rollout source knows the pod (`RolloutState.pods`); else by its name, `<deployment>-<pod-template-hash>-<suffix>`
+split from the right (Deployment names may contain '-'), or the 58-character prefix Kubernetes cuts long names
+to. A query in the aggregate form (`predictor.promql`) is rendered per scope instead (`render_scope_query`,
+batched by `batch_query`) and its values become the same observations (`scope_observations`).
 """
 
 from __future__ import annotations
