@@ -13,7 +13,9 @@ add a slow burn, random magnitudes and the confounders of healthy releases) ever
 3. cAdvisor's `container_memory_working_set_bytes` and `container_cpu_usage_seconds_total` against
    kube-state-metrics' `kube_pod_container_resource_limits`, and `kube_pod_container_status_restarts_total`;
 4. the kube-state-metrics v2 series `predictor.rollouts.replay` reads: Deployments, ReplicaSets (owner, replicas,
-   creation, the revision annotation), pods (owner).
+   creation, the revision annotation), pods (owner, `kube_pod_labels` with the pod-template-hash,
+   `kube_pod_status_ready`, and `kube_pod_container_status_waiting_reason{reason="CrashLoopBackOff"}` while a
+   crash-looping container waits for its restart).
 A pod's series exist only while the pod does (its samples stop when it is removed; a backfill has no staleness
 markers, so Prometheus keeps showing a removed pod's last gauge sample for its 5-minute lookback).
 """
@@ -387,7 +389,8 @@ class ScenarioRollout(SimulatedRollout):
             return float(window)
         rng = _noise_rng(self.seed, pod, t, metric, new)
         base = getattr(self.baseline, metric)
-        noise = self._noise(rng, pod, t, new)
+        # A working set does not jump as a request rate does: memory keeps the gaussian scatter whatever the shape.
+        noise = float(rng.normal(0.0, 1.0)) if metric == "memory_limit_ratio" else self._noise(rng, pod, t, new)
         value = base * (1.0 + 0.08 * noise) if base else 0.0
         if new and age < self.warmup_seconds:
             fade = 1.0 - age / self.warmup_seconds
@@ -924,7 +927,7 @@ def random_scenario(label: str, ref: DeploymentRef, start: float, seed: int) -> 
             "cpu_saturation": (0.04, 0.15), "slow_burn": (0.0025, 0.008),
         }
         if label == "crash_loop":
-            return ScenarioRollout(ref, label, start, crash_run_seconds=_uniform(rng, 5.0, 120.0), **common)
+            return ScenarioRollout(ref, label, start, crash_run_seconds=_uniform(rng, 5.0, 60.0), **common)
         if label == "late_leak":
             minutes_to_breach = _uniform(rng, 20.0, 40.0)
             magnitude = (0.9 - baseline.memory_limit_ratio) / minutes_to_breach
