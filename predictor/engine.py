@@ -78,7 +78,7 @@ class Engine:
             report.errors.append(f"listing rollouts failed: {exc}")
             log.error("tick skipped: listing rollouts failed: %s", exc)
             return report
-        watched = [s for s in states if policy_rules.in_scope(s, now, self.config.policy)]
+        watched = [s for s in states if policy_rules.in_scope(s, now, self.config.policy, self.memory.get(s.ref))]
         report.watched = len(watched)
         resolved = self._retire(watched, now)
         self._observe(watched, now, report)
