@@ -174,6 +174,19 @@ class LoggingConfig:
     level: str = "INFO"
 
 
+@dataclass(frozen=True)
+class SafetyConfig:
+    """Limits on what the daemon may do whatever the policy decides (`predictor.safety` applies them)."""
+
+    budget_actions: int = 3
+    """At most this many pauses and undos across everything watched within `budget_seconds`; beyond, alerts only."""
+    budget_seconds: float = 600.0
+    kill_switch_configmap: str = "predictor-kill-switch"
+    """ConfigMap read every tick: its key `stop: "true"` turns every pause and undo into an alert."""
+    kill_switch_namespace: str | None = None
+    """Where that ConfigMap lives; None: the daemon's own namespace ($POD_NAMESPACE)."""
+
+
 SCORERS = ("forecast", "trend")
 
 
@@ -199,6 +212,7 @@ class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     models: ModelsConfig = field(default_factory=ModelsConfig)
+    safety: SafetyConfig = field(default_factory=SafetyConfig)
 
     def metric(self, name: str) -> MetricSpec:
         for spec in self.metrics:
@@ -789,9 +803,23 @@ def _read_threshold(item: Mapping[str, Any], path: str, reader: _Reader, directi
     else:
         threshold = reader.number(item, "threshold", path, 0.0, minimum=0.0,
                                   hint=" with direction below (no value < 0 can breach)")
-    if len(reader.errors) == before and unit == "ratio" and threshold > 1:
-        reader.error(where, "expected at most 1 with unit ratio (5 % is 0.05)", item["threshold"])
+    if len(reader.errors) == before and (problem := threshold_problem(threshold, direction, unit)):
+        reader.error(where, problem, item["threshold"])
     return threshold
+
+
+def threshold_problem(threshold: float, direction: Direction, unit: str) -> str | None:
+    """Why `threshold` cannot be a metric's SLO threshold (see `_read_threshold`), or None. Also checks the
+    per-Deployment overrides (`predictor.io/threshold.<metric>`)."""
+    if not math.isfinite(threshold):
+        return "expected a finite number"
+    if direction is Direction.ABOVE and threshold <= 0:
+        return "expected a number above 0 with direction above (every value >= 0 would breach)"
+    if direction is Direction.BELOW and threshold < 0:
+        return "expected a number of at least 0 with direction below (no value < 0 can breach)"
+    if unit == "ratio" and threshold > 1:
+        return "expected at most 1 with unit ratio (5 % is 0.05)"
+    return None
 
 
 _BRACED = re.compile(r"\{\{[^{}]*\}\}|\{\s*[A-Za-z_][A-Za-z0-9_.\-]*\s*\}")
@@ -843,7 +871,7 @@ def parse_config(raw: Any, source: str = "config") -> Config:
         raise ConfigError([f"(top level): expected a mapping of sections, got {show_value(raw)}"], source)
     raw = _expand_env(raw, "", reader)
     top_keys = ("prometheus", "alertmanager", "kubernetes", "targets", "metrics", "policy", "server", "logging",
-                "models")
+                "models", "safety")
     reader.unknown_keys(raw, "", top_keys)
 
     prom = reader.section(raw, "prometheus", "", ("url", *_TLS_KEYS))
@@ -857,6 +885,7 @@ def parse_config(raw: Any, source: str = "config") -> Config:
     srv = reader.section(raw, "server", "", ("host", "port"))
     log = reader.section(raw, "logging", "", ("format", "level"))
     mdl = reader.section(raw, "models", "", ("dir", "reload", "scorer"))
+    safety = _read_safety(reader.section(raw, "safety", "", ("budget", "kill_switch")), reader)
 
     if am and not am.get("url"):
         for key in am:
@@ -895,6 +924,7 @@ def parse_config(raw: Any, source: str = "config") -> Config:
             reload_seconds=reader.duration(mdl, "reload", "models", 3600.0, minimum=1.0),
             scorer=reader.choice(mdl, "scorer", "models", "forecast", SCORERS),
         ),
+        safety=safety,
     )
     if reader.errors:
         raise ConfigError(reader.errors, source)
@@ -943,6 +973,29 @@ def _read_policy(pol: Mapping[str, Any], reader: _Reader) -> PolicyConfig:
         lookback_seconds=lookback,
         max_watch_seconds=max_watch,
     )
+
+
+def _read_safety(raw: Mapping[str, Any], reader: _Reader) -> SafetyConfig:
+    budget = reader.section(raw, "budget", "safety", ("actions", "per"))
+    switch = reader.section(raw, "kill_switch", "safety", ("configmap", "namespace"))
+    configmap = reader.string(switch, "configmap", "safety.kill_switch", "predictor-kill-switch")
+    namespace = reader.string(switch, "namespace", "safety.kill_switch", None)
+    if configmap is not None and (len(configmap) > 253 or not _DNS_NAME.match(configmap)):
+        reader.error("safety.kill_switch.configmap", "expected a ConfigMap name (lower case letters, digits, '-' "
+                     "and '.')", configmap)
+    if namespace is not None and (len(namespace) > 63 or not _DNS_LABEL.match(namespace)):
+        reader.error("safety.kill_switch.namespace", "expected a namespace name (lower case letters, digits and "
+                     "'-')", namespace)
+    return SafetyConfig(
+        budget_actions=int(reader.number(budget, "actions", "safety.budget", 3, minimum=1, integer=True)),
+        budget_seconds=reader.duration(budget, "per", "safety.budget", 600.0, minimum=1.0),
+        kill_switch_configmap=configmap or "predictor-kill-switch",
+        kill_switch_namespace=namespace or None,
+    )
+
+
+_DNS_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+"""A DNS subdomain (RFC 1123), as ConfigMap names are."""
 
 
 _HOST_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*\.?$", re.IGNORECASE)

@@ -7,10 +7,11 @@ answers /healthz, /readyz and /metrics, and SIGTERM lets the running tick finish
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -230,10 +231,26 @@ def build_daemon(config: Config) -> Daemon:
         leader = LeaderElector(kube_client.CoordinationV1Api(api_client), election, clock=clock)
     scorer, artifact = build_scorer(config, scorer=config.models.scorer)
     engine = Engine(config, rollouts=rollouts, metrics=metrics, actuator=KubernetesActuator(api_client, clock=clock),
-                    notifier=notifier, scorer=scorer, may_act=leader.is_leader if leader is not None else lambda: True)
+                    notifier=notifier, scorer=scorer, may_act=leader.is_leader if leader is not None else lambda: True,
+                    kill_switch=build_kill_switch(config, api_client))
     # Readiness never depends on leadership: a follower is ready to take over.
     checks = {"prometheus": metrics.is_online, "kubernetes": rollouts.is_online}
     daemon = Daemon(config, engine, readiness_checks=checks, clock=clock, leader=leader,
                     on_stop=[rollouts.close, notifier.close])
     daemon.set_model(artifact)
     return daemon
+
+
+def build_kill_switch(config: Config, api_client: Any, environ: Mapping[str, str] | None = None) -> Any:
+    """The ConfigMap kill switch in `safety.kill_switch.namespace`, or the daemon's own namespace; None (with a
+    WARNING) when neither is known, as when run outside a pod without the setting."""
+    from predictor.kill_switch import ConfigMapKillSwitch
+    from predictor.leader import ENV_POD_NAMESPACE
+
+    env = os.environ if environ is None else environ
+    namespace = config.safety.kill_switch_namespace or env.get(ENV_POD_NAMESPACE)
+    if not namespace:
+        log.warning("no kill switch: set safety.kill_switch.namespace (or %s) to read ConfigMap %s",
+                    ENV_POD_NAMESPACE, config.safety.kill_switch_configmap)
+        return None
+    return ConfigMapKillSwitch(api_client, namespace, config.safety.kill_switch_configmap)

@@ -241,7 +241,10 @@ REPLICASETS = Resource(
 )
 LEASES = Resource("coordination.k8s.io", "v1", "leases", "lease", "Lease", True)
 EVENTS_V1 = Resource("events.k8s.io", "v1", "events", "event", "Event", True, ("ev",), storage="events")
-RESOURCES: tuple[Resource, ...] = (NAMESPACES, PODS, CORE_EVENTS, DEPLOYMENTS, REPLICASETS, LEASES, EVENTS_V1)
+CONFIGMAPS = Resource("", "v1", "configmaps", "configmap", "ConfigMap", True, ("cm",))
+RESOURCES: tuple[Resource, ...] = (
+    NAMESPACES, PODS, CORE_EVENTS, DEPLOYMENTS, REPLICASETS, LEASES, EVENTS_V1, CONFIGMAPS
+)
 # Preferred group order, as a real server lists them in /apis.
 GROUP_VERSIONS: tuple[tuple[str, str], ...] = (
     ("apps", "v1"),
@@ -791,6 +794,13 @@ def validate(res: Resource, obj: JSON, old: JSON | None) -> None:
         for k, v in (meta.get(field) or {}).items() if isinstance(meta.get(field), dict) else ():
             if not isinstance(v, str):
                 causes.append((f"metadata.{field}.{k}", f"Invalid value: {v!r}: must be a string"))
+    if res is CONFIGMAPS:
+        data = obj.get("data")
+        if data is not None and not isinstance(data, dict):
+            causes.append(("data", "Invalid value: must be a map of strings"))
+        for k, v in data.items() if isinstance(data, dict) else ():
+            if not isinstance(v, str):
+                causes.append((f"data[{k}]", f"Invalid value: {v!r}: must be a string"))
     if res in (DEPLOYMENTS, REPLICASETS):
         spec = obj.get("spec")
         spec = spec if isinstance(spec, dict) else {}
@@ -3087,6 +3097,7 @@ def iter_watch_lines(stream: Iterable[bytes]) -> Iterator[JSON]:
 
 
 __all__ = [
+    "CONFIGMAPS",
     "CORE_EVENTS",
     "DEPLOYMENTS",
     "EVENTS_V1",
