@@ -7,6 +7,7 @@ answers /healthz, /readyz and /metrics, and SIGTERM lets the running tick finish
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
@@ -200,7 +201,7 @@ def build_daemon(config: Config) -> Daemon:
     """Wire the real adapters: Kubernetes API, Prometheus, Alertmanager, the wall clock."""
     from kubernetes import client as kube_client
 
-    from predictor.actuators.kubernetes import KubernetesActuator
+    from predictor.actuators.kubernetes import CRASH_AT_ENV, CRASH_POINTS, KubernetesActuator
     from predictor.alerting import AlertmanagerNotifier, LoggingNotifier
     from predictor.config import ConfigError
     from predictor.kube import KubeConfigError, build_api_client
@@ -229,7 +230,12 @@ def build_daemon(config: Config) -> Daemon:
     if election is not None:
         leader = LeaderElector(kube_client.CoordinationV1Api(api_client), election, clock=clock)
     scorer, artifact = build_scorer(config, scorer=config.models.scorer)
-    engine = Engine(config, rollouts=rollouts, metrics=metrics, actuator=KubernetesActuator(api_client, clock=clock),
+    crash_at = os.environ.get(CRASH_AT_ENV) or None  # a test hook, read once (predictor/actuators/kubernetes.py)
+    if crash_at is not None and crash_at not in CRASH_POINTS:
+        raise ConfigError([f"{CRASH_AT_ENV}: expected one of {', '.join(CRASH_POINTS)}, got {crash_at!r}"],
+                          "environment")
+    actuator = KubernetesActuator(api_client, clock=clock, crash_at=crash_at)
+    engine = Engine(config, rollouts=rollouts, metrics=metrics, actuator=actuator,
                     notifier=notifier, scorer=scorer, may_act=leader.is_leader if leader is not None else lambda: True)
     # Readiness never depends on leadership: a follower is ready to take over.
     checks = {"prometheus": metrics.is_online, "kubernetes": rollouts.is_online}

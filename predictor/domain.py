@@ -19,6 +19,8 @@ ANNOTATION_REASON = ANNOTATION_PREFIX + "reason"
 ANNOTATION_RISK = ANNOTATION_PREFIX + "risk"
 ANNOTATION_PREDICTED_BREACH = ANNOTATION_PREFIX + "predicted-breach"
 ANNOTATION_DRY_RUN = ANNOTATION_PREFIX + "dry-run"
+ANNOTATION_METRIC = ANNOTATION_PREFIX + "metric"
+"""The metric whose predicted breach led to the action: the `metric` label of its alert, re-derived after a restart."""
 REVISION_ANNOTATION = "deployment.kubernetes.io/revision"
 POD_TEMPLATE_HASH_LABEL = "pod-template-hash"
 
