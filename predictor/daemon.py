@@ -2,6 +2,9 @@
 
 APScheduler runs the tick every `policy.interval` (never two at once; a late tick is coalesced), an HTTP server
 answers /healthz, /readyz and /metrics, and SIGTERM lets the running tick finish before the process exits.
+SIGHUP reloads the config file: a valid new one replaces the old at the next tick (with the adapters whose
+sections changed rebuilt); an invalid one is refused with the error lines a start would print, and the old one
+stays.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -20,12 +23,17 @@ from typing import Any
 from apscheduler.schedulers.background import BackgroundScheduler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from predictor.config import Config
+from predictor.config import Config, ConfigError
 from predictor.engine import Engine
 from predictor.ports import SystemClock
 from predictor.telemetry import DaemonMetrics
 
 log = logging.getLogger(__name__)
+
+RESTART_ONLY_SECTIONS = ("server", "kubernetes")
+"""Sections a reload cannot apply: the HTTP server's address is bound, the credentials are loaded at start."""
+CONFIG_SECTIONS = ("prometheus", "alertmanager", "kubernetes", "targets", "metrics", "policy", "server", "logging",
+                   "models", "safety")
 
 
 
@@ -52,7 +60,10 @@ class Health:
 class Daemon:
     def __init__(self, config: Config, engine: Engine, *, readiness_checks: dict[str, Any],
                  metrics: DaemonMetrics | None = None, clock: Any = None, leader: Any = None,
-                 on_stop: Sequence[Callable[[], object]] = ()) -> None:
+                 on_stop: Sequence[Callable[[], object]] = (), load_config: Callable[[], Config] | None = None,
+                 rewire: Callable[[Config, Config], None] | None = None) -> None:
+        """`load_config` reads and checks the config file again on SIGHUP (None: no reload); `rewire(old, new)`
+        rebuilds the adapters whose sections changed before the engine gets the new config."""
         self.config = config
         self.engine = engine
         self.metrics = metrics or DaemonMetrics()
@@ -64,10 +75,59 @@ class Daemon:
         self._model_version: str | None = None
         """Closers run after the last tick (watch threads, the alert queue's final flush)."""
         self.scheduler = BackgroundScheduler(timezone=UTC)
+        self._load_config = load_config
+        self._rewire = rewire
+        self._reload_requested = threading.Event()
         self.stopped = threading.Event()
         self._server: ThreadingHTTPServer | None = None
 
+    def request_reload(self) -> None:
+        """What SIGHUP does: the next tick reloads the config first (a signal handler must not do I/O)."""
+        self._reload_requested.set()
+
+    def reload_config(self) -> bool:
+        """Read the config file again; True when the new one now runs. Never raises."""
+        self._reload_requested.clear()
+        if self._load_config is None:
+            log.warning("reload asked, but this daemon was started without a config file to reload")
+            return False
+        try:
+            new = self._load_config()
+        except ConfigError as exc:
+            log.error("reload refused, the running configuration stays: invalid configuration: %s", exc)
+            return False
+        except Exception:
+            log.exception("reload failed, the running configuration stays")
+            return False
+        old = self.config
+        kept = [name for name in RESTART_ONLY_SECTIONS if getattr(new, name) != getattr(old, name)]
+        if kept:
+            log.warning("reload: %s changed; that takes effect only at a restart (the running one stays)",
+                        " and ".join(kept))
+            new = replace(new, **{name: getattr(old, name) for name in kept})
+        if new == old:
+            log.info("reload: configuration unchanged")
+            return True
+        try:
+            if self._rewire is not None:
+                self._rewire(old, new)
+        except Exception:
+            log.exception("reload failed while rebuilding adapters, the running configuration stays")
+            return False
+        self.config = new
+        self.engine.config = new
+        self.engine.history.lookback_seconds = new.policy.lookback_seconds
+        if new.policy.interval_seconds != old.policy.interval_seconds and self.scheduler.running:
+            self.scheduler.reschedule_job("tick", trigger="interval", seconds=new.policy.interval_seconds)
+        changed = [name for name in CONFIG_SECTIONS if getattr(new, name) != getattr(old, name)]
+        log.info("reloaded configuration: %s changed; %d target(s), %d metric(s), action %s%s",
+                 ", ".join(changed), len(new.targets), len(new.metrics), new.policy.action,
+                 " (dry run)" if new.policy.dry_run else "")
+        return True
+
     def tick(self) -> None:
+        if self._reload_requested.is_set():
+            self.reload_config()
         started = time.monotonic()
         now = self.clock.now()
         try:
@@ -159,8 +219,13 @@ class Daemon:
             log.info("received %s: finishing the current tick", signal.Signals(signum).name)
             stop_requested.set()
 
+        def on_hangup(_signum: int, _frame: object) -> None:
+            log.info("received SIGHUP: reloading the configuration at the next tick")
+            self.request_reload()
+
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
+        signal.signal(signal.SIGHUP, on_hangup)
         self.start()
         stop_requested.wait()
         self.stop()
@@ -197,8 +262,9 @@ def serve_http(daemon: Daemon, host: str, port: int) -> ThreadingHTTPServer:
     return server
 
 
-def build_daemon(config: Config) -> Daemon:
-    """Wire the real adapters: Kubernetes API, Prometheus, Alertmanager, the wall clock."""
+def build_daemon(config: Config, config_path: str | os.PathLike[str] | None = None) -> Daemon:
+    """Wire the real adapters: Kubernetes API, Prometheus, Alertmanager, the wall clock. With `config_path`,
+    SIGHUP reloads that file."""
     from kubernetes import client as kube_client
 
     from predictor.actuators.kubernetes import KubernetesActuator
@@ -221,11 +287,14 @@ def build_daemon(config: Config) -> Daemon:
     rollouts = KubernetesRolloutSource(api_client, config.targets)
     metrics = PrometheusMetricSource(config.prometheus)
     clock = SystemClock()
-    notifier: Any
-    if config.alertmanager.url:
-        notifier = AlertmanagerNotifier(config.alertmanager, resend_seconds=config.policy.interval_seconds, clock=clock)
-    else:
-        notifier = LoggingNotifier()
+
+    def build_notifier(settings: Config) -> Any:
+        if settings.alertmanager.url:
+            return AlertmanagerNotifier(settings.alertmanager, resend_seconds=settings.policy.interval_seconds,
+                                        clock=clock)
+        return LoggingNotifier()
+
+    notifier = build_notifier(config)
     leader = None
     if election is not None:
         leader = LeaderElector(kube_client.CoordinationV1Api(api_client), election, clock=clock)
@@ -235,8 +304,45 @@ def build_daemon(config: Config) -> Daemon:
                     kill_switch=build_kill_switch(config, api_client))
     # Readiness never depends on leadership: a follower is ready to take over.
     checks = {"prometheus": metrics.is_online, "kubernetes": rollouts.is_online}
+
+    def load_checked() -> Config:
+        from predictor import preflight
+        from predictor.config import load_config
+
+        assert config_path is not None
+        new = load_config(config_path)
+        queries = preflight.check_queries(new)
+        if queries.problems:
+            raise ConfigError(list(queries.problems), str(config_path))
+        return new
+
+    def rewire(old: Config, new: Config) -> None:
+        """Rebuild what the changed sections feed; the engine's history and memory are kept."""
+        from predictor.telemetry import configure_logging
+
+        if new.targets != old.targets:
+            source = KubernetesRolloutSource(api_client, new.targets)
+            source.sync()  # raises when the API server cannot list the new targets: the old ones stay
+            previous, engine.rollouts = engine.rollouts, source
+            checks["kubernetes"] = source.is_online
+            previous.close()
+        if new.prometheus != old.prometheus:
+            engine.metrics = PrometheusMetricSource(new.prometheus)
+            checks["prometheus"] = engine.metrics.is_online
+        if new.alertmanager != old.alertmanager or new.policy.interval_seconds != old.policy.interval_seconds:
+            previous, engine.notifier = engine.notifier, build_notifier(new)
+            previous.close()
+        if new.metrics != old.metrics or new.models != old.models:
+            engine.scorer, loaded = build_scorer(new, scorer=new.models.scorer)
+            daemon.set_model(loaded)
+        if new.safety != old.safety:
+            engine.kill_switch = build_kill_switch(new, api_client)
+        if new.logging != old.logging:
+            configure_logging(new.logging.format, new.logging.level)
+
     daemon = Daemon(config, engine, readiness_checks=checks, clock=clock, leader=leader,
-                    on_stop=[rollouts.close, notifier.close])
+                    on_stop=[lambda: engine.rollouts.close(), lambda: engine.notifier.close()],
+                    load_config=load_checked if config_path is not None else None, rewire=rewire)
     daemon.set_model(artifact)
     return daemon
 
