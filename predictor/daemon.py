@@ -26,7 +26,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from predictor.config import Config, ConfigError
 from predictor.engine import Engine
 from predictor.ports import SystemClock
-from predictor.telemetry import DaemonMetrics
+from predictor.telemetry import DaemonMetrics, DependencyWatch
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,11 @@ class Daemon:
         self.clock = clock or SystemClock()
         self.health = Health(started=self.clock.now())
         self.readiness_checks = readiness_checks
+        """name -> check; "prometheus" and "kubernetes" make /readyz, every one sets predictor_dependency_up."""
+        self.dependencies = DependencyWatch(self.metrics.dependency_up)
+        self._last_checks: dict[str, bool] = {}
+        self._tick_saw: set[str] = set()
+        """Dependencies the last tick observed itself (its queries, its listing): the probes leave those alone."""
         self.leader = leader
         self.on_stop = list(on_stop)
         self._model_version: str | None = None
@@ -139,6 +144,12 @@ class Daemon:
         finally:
             self.health.last_tick_end = self.clock.now()
         self.metrics.observe(report, time.monotonic() - started)
+        for dependency, problem in report.dependencies.items():
+            self.dependencies.report(dependency, problem)
+        self._tick_saw = set(report.dependencies)
+        if not self.health.kubernetes_ok:
+            # Ready as soon as a tick has synced the watch cache, not at the next probe round (a cheap check).
+            self.check_readiness(only=("kubernetes",))
         if self.leader is not None:
             self.metrics.is_leader.set(1 if self.leader.is_leader() else 0)
 
@@ -162,16 +173,26 @@ class Daemon:
         self.set_model(artifact)
         log.info("loaded model %s version %s", artifact.name, artifact.version)
 
-    def check_readiness(self) -> None:
-        results = {}
+    def check_readiness(self, only: Sequence[str] | None = None) -> None:
+        """Run the checks (those named in `only`, the others keep their last result)."""
+        results = dict(self._last_checks)
         for name, check in self.readiness_checks.items():
+            if only is not None and name not in only:
+                continue
             try:
                 results[name] = bool(check())
             except Exception:
                 results[name] = False
+        results = {name: ok for name, ok in results.items() if name in self.readiness_checks}
+        self._last_checks = results
         self.health.prometheus_ok = results.get("prometheus", True)
         self.health.kubernetes_ok = results.get("kubernetes", True)
         self.health.detail = ", ".join(f"{k} {'ok' if v else 'unreachable'}" for k, v in results.items())
+        if self.health.last_tick_end is None:
+            return  # before the first tick nothing is synced yet: not an outage
+        for name, ok in results.items():
+            if name not in self._tick_saw:
+                self.dependencies.report(name, None if ok else "not answering its readiness check")
 
     def start(self) -> None:
         interval = self.config.policy.interval_seconds
@@ -303,7 +324,9 @@ def build_daemon(config: Config, config_path: str | os.PathLike[str] | None = No
                     notifier=notifier, scorer=scorer, may_act=leader.is_leader if leader is not None else lambda: True,
                     kill_switch=build_kill_switch(config, api_client))
     # Readiness never depends on leadership: a follower is ready to take over.
-    checks = {"prometheus": metrics.is_online, "kubernetes": rollouts.is_online}
+    checks: dict[str, Callable[[], bool]] = {"prometheus": metrics.is_online, "kubernetes": rollouts.is_online}
+    if config.alertmanager.url:
+        checks["alertmanager"] = lambda: bool(engine.notifier.is_online())
 
     def load_checked() -> Config:
         from predictor import preflight
@@ -332,6 +355,10 @@ def build_daemon(config: Config, config_path: str | os.PathLike[str] | None = No
         if new.alertmanager != old.alertmanager or new.policy.interval_seconds != old.policy.interval_seconds:
             previous, engine.notifier = engine.notifier, build_notifier(new)
             previous.close()
+            if new.alertmanager.url:
+                checks["alertmanager"] = lambda: bool(engine.notifier.is_online())
+            else:
+                checks.pop("alertmanager", None)
         if new.metrics != old.metrics or new.models != old.models:
             engine.scorer, loaded = build_scorer(new, scorer=new.models.scorer)
             daemon.set_model(loaded)
