@@ -112,6 +112,9 @@ class RolloutState:
     annotations: Mapping[str, str] = field(default_factory=dict)
     pods: tuple[PodState, ...] = ()
     """The pods of the new and old ReplicaSets, known by their labels; empty when the source cannot tell."""
+    ready_allowance_seconds: float | None = None
+    """How long a new pod may take to become ready, from the pod template (`minReadySeconds` and the probes'
+    delays and failure thresholds); None when the source cannot tell."""
 
     @property
     def progress(self) -> float:
