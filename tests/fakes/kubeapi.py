@@ -240,16 +240,32 @@ REPLICASETS = Resource(
     categories=("all",),
 )
 LEASES = Resource("coordination.k8s.io", "v1", "leases", "lease", "Lease", True)
+ROLLOUTS = Resource(
+    # Argo Rollouts' CRD (manifests/crds/rollout-crd.yaml): status and scale subresources; as for every custom
+    # resource, no strategic merge patch (415) and no defaulting beyond the schema's.
+    "argoproj.io",
+    "v1alpha1",
+    "rollouts",
+    "rollout",
+    "Rollout",
+    True,
+    ("ro",),
+    status_subresource=True,
+    scale_subresource=True,
+    tracks_generation=True,
+    categories=("all",),
+)
 EVENTS_V1 = Resource("events.k8s.io", "v1", "events", "event", "Event", True, ("ev",), storage="events")
 CONFIGMAPS = Resource("", "v1", "configmaps", "configmap", "ConfigMap", True, ("cm",))
 RESOURCES: tuple[Resource, ...] = (
-    NAMESPACES, PODS, CORE_EVENTS, DEPLOYMENTS, REPLICASETS, LEASES, EVENTS_V1, CONFIGMAPS
+    NAMESPACES, PODS, CORE_EVENTS, DEPLOYMENTS, REPLICASETS, LEASES, EVENTS_V1, CONFIGMAPS, ROLLOUTS,
 )
 # Preferred group order, as a real server lists them in /apis.
 GROUP_VERSIONS: tuple[tuple[str, str], ...] = (
     ("apps", "v1"),
     ("events.k8s.io", "v1"),
     ("coordination.k8s.io", "v1"),
+    ("argoproj.io", "v1alpha1"),
 )
 
 
@@ -1265,7 +1281,7 @@ class KubeState:
             elif patch_type == "merge":
                 patched = json_merge_patch(view, patch)
             elif patch_type in ("strategic", "apply"):
-                if res is EVENTS_V1 and patch_type == "strategic":
+                if res in (EVENTS_V1, ROLLOUTS) and patch_type == "strategic":
                     raise ApiError(415, "UnsupportedMediaType", "strategic merge patch is not supported")
                 patched = strategic_merge_patch(view, patch)
             else:
