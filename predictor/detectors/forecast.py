@@ -561,6 +561,13 @@ class TrendForecast(NamedTuple):
     slope: float
     damping_seconds: float | None
 
+    def path_shape(self, seconds: float) -> float:
+        """How far along its way to the horizon the mean path is `seconds` after the last sample, as the model
+        moves it: straight, or levelling off with `damping_seconds` (the status page draws the path with it)."""
+        if self.damping_seconds is None:
+            return seconds
+        return self.damping_seconds * (1.0 - math.exp(-seconds / self.damping_seconds))
+
 
 CORRELATION_LAGS = 6
 """Lags over which `LocalTrend` measures how correlated its samples are: a [1m] rate scraped every 15 s shares data

@@ -392,6 +392,11 @@ def _fresh(series: Series) -> bool:
     return not series.empty and series.trailing_unknown == 0
 
 
+BAND_POINTS = 12
+"""Points of the forecast's path the status page draws (its mean as the model moves it; the band's width grows with
+the mean's way to the horizon, exact there)."""
+
+
 def forecast_band(reading: Reading) -> ForecastBand | None:
     """The forecast the status page draws: the Deployment's local trend once every pod is new, the new pods' while
     pods mix (their trend is what the Deployment follows). None for counts, per-pod limits or too few samples."""
@@ -405,5 +410,14 @@ def forecast_band(reading: Reading) -> ForecastBand | None:
     if result is None:
         return None
     fc = result[1]
-    return ForecastBand(scope=scope, start=reading.now, level=fc.level, until=reading.now + reading.reach(scope),
-                        mean=fc.forecast, low=fc.forecast - 1.96 * fc.sd, high=fc.forecast + 1.96 * fc.sd)
+    lag, reach = reading.lag(scope), reading.reach(scope)
+    start, until, half = reading.now - lag, reading.now + reach, 1.96 * fc.sd
+    end_shape = fc.path_shape(reach + lag)
+    path = []
+    for step in range(1, BAND_POINTS + 1):
+        ahead = (reach + lag) * step / BAND_POINTS
+        share = fc.path_shape(ahead) / end_shape if end_shape > 0 else step / BAND_POINTS
+        mean = fc.level + share * (fc.forecast - fc.level)
+        path.append((start + ahead, mean, mean - share * half, mean + share * half))
+    return ForecastBand(scope=scope, start=start, level=fc.level, until=until, mean=fc.forecast,
+                        low=fc.forecast - half, high=fc.forecast + half, path=tuple(path))
