@@ -79,7 +79,7 @@ def judge(view: RolloutView, policy: PolicyConfig) -> Verdict:
     reason = view.reason or "no decision yet"
     if acted:
         reason = f"predictor acted ({acted[-1].action}) on this revision: {reason}"
-    return Verdict(verdict, view.risk, reason, view.state.revision, view.phase, view.predicted_breach)
+    return Verdict(verdict, view.risk, reason, view.state.revision, str(view.phase), view.predicted_breach)
 
 
 def find_view(views: Views, ref: DeploymentRef, pod_hash: str | None) -> RolloutView | None:
@@ -115,7 +115,8 @@ def flagger_reply(views: Views, policy: PolicyConfig, hook: str, body: bytes) ->
     try:
         payload = json.loads(body or b"{}")
         name, namespace = str(payload["name"]), str(payload["namespace"])
-    except (ValueError, KeyError, TypeError):
+        name = str((payload.get("metadata") or {}).get("deployment") or name)  # a Canary named otherwise
+    except (ValueError, KeyError, TypeError, AttributeError):
         return _json(HTTP_BAD_REQUEST, {"error": "expected Flagger's JSON payload {name, namespace, phase, ...}"})
     view = find_view(views, DeploymentRef(namespace, name), None)
     if view is None:
