@@ -23,6 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from predictor.config import Config
 from predictor.engine import Engine
 from predictor.ports import SystemClock
+from predictor.status.routes import status_reply
 from predictor.telemetry import DaemonMetrics
 
 log = logging.getLogger(__name__)
@@ -179,8 +180,10 @@ def serve_http(daemon: Daemon, host: str, port: int) -> ThreadingHTTPServer:
                 self._reply(200 if ok else 503, f"{'ready' if ok else 'not ready'}: {detail}\n".encode())
             elif path == "/metrics":
                 self._reply(200, generate_latest(daemon.metrics.registry), CONTENT_TYPE_LATEST)
+            elif (reply := status_reply(daemon.engine.board, path)) is not None:
+                self._reply(*reply)
             else:
-                self._reply(404, b"not found: try /healthz, /readyz or /metrics\n")
+                self._reply(404, b"not found: try /, /api/v1/rollouts, /healthz, /readyz or /metrics\n")
 
         def _reply(self, status: int, body: bytes, content_type: str = "text/plain; charset=utf-8") -> None:
             self.send_response(status)

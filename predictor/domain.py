@@ -170,6 +170,20 @@ class Observation:
 
 
 @dataclass(frozen=True)
+class ForecastBand:
+    """Where a scorer forecasts one scope of a metric: from `level` at `start` to `mean` at `until`, with the 95 %
+    band `low`..`high` there (what the status page draws)."""
+
+    scope: Scope
+    start: float
+    level: float
+    until: float
+    mean: float
+    low: float
+    high: float
+
+
+@dataclass(frozen=True)
 class Assessment:
     """A scorer's view of one metric of one rollout: a risk in 0..1 and why."""
 
@@ -183,6 +197,8 @@ class Assessment:
     unknown: bool = False
     """No usable data this tick: the scorer abstained."""
     reason: str = ""
+    forecast: ForecastBand | None = None
+    """The forecast behind the risk, where the scorer has one (the forecast scorer's local trend)."""
 
 
 @dataclass(frozen=True)
