@@ -13,8 +13,9 @@ The daemon's HTTP server answers, from what the engine last decided for the roll
   is predicted (409: Flagger counts a failed check); 200 too for a canary predictor does not watch (no
   objection of ours).
 
-A verdict is `fail` when predictor acted on the revision (pause or undo) or its risk is at `risk_threshold`,
-`inconclusive` at `alert_threshold` (a warning) or when the rollout is blind, `pass` otherwise.
+A verdict is `fail` once the policy decided on the revision (its risk held at `risk_threshold` for
+`consecutive` ticks: it paused or undid it, or with `action: alert` alerted), `inconclusive` at `alert_threshold`
+(a warning, or a risk waiting for confirmation) or when the rollout is blind, `pass` otherwise.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from predictor.domain import Action, DeploymentRef, RolloutState
 from predictor.rollouts.state import format_time
 
 PASS, FAIL, INCONCLUSIVE = "pass", "fail", "inconclusive"
+ACTED = "acted"
+"""The policy's phase once it decided on a revision (`policy.Phase.ACTED`): confirmed over `consecutive` ticks."""
 JSON = "application/json"
 HTTP_OK, HTTP_BAD_REQUEST, HTTP_NOT_FOUND, HTTP_CONFLICT, HTTP_UNAVAILABLE = 200, 400, 404, 409, 503
 
@@ -70,7 +73,7 @@ class Verdict:
 def judge(view: RolloutView, policy: PolicyConfig) -> Verdict:
     """The verdict on one rollout revision (see the module docstring)."""
     acted = [a for a in view.actions if getattr(a, "action", None) in (Action.PAUSE, Action.UNDO)]
-    if acted or view.risk >= policy.risk_threshold:
+    if acted or str(view.phase) == ACTED:
         verdict = FAIL
     elif view.risk >= policy.alert_threshold or view.reason.startswith("blind"):
         verdict = INCONCLUSIVE

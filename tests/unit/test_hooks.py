@@ -52,7 +52,8 @@ def state(kind: str = "rollout", new_hash: str = "7b9c4d2e1f", revision: int = 2
     (View(state(), risk=0.2), "pass"),
     (View(state(), risk=0.6, reason="warning (alert only): ..."), "inconclusive"),
     (View(state(), risk=0.0, reason="blind for 8 ticks: no data"), "inconclusive"),
-    (View(state(), risk=0.8), "fail"),
+    (View(state(), risk=0.8, phase="at_risk"), "inconclusive"),  # one tick at risk: not confirmed yet
+    (View(state(), risk=0.8, phase="acted"), "fail"),
     (View(state(), risk=0.1, decisions=[Entry(Action.PAUSE)]), "fail"),
     (View(state(), risk=0.6, decisions=[Entry(Action.ALERT)]), "inconclusive"),
 ])
@@ -67,7 +68,8 @@ def reply(result: tuple[int, bytes, str]) -> tuple[int, dict[str, Any]]:
 
 
 def test_analysis_answers_for_the_canary_hash_it_was_asked_about() -> None:
-    board = Board(View(state(), risk=0.95, reason="undo: error_ratio ...", predicted_breach=1_800_000_000.0))
+    board = Board(View(state(), risk=0.95, reason="undo: error_ratio ...", phase="acted",
+                       predicted_breach=1_800_000_000.0))
     status, body = reply(analysis_reply(board, POLICY, "namespace=shop&rollout=web&canaryHash=7b9c4d2e1f"))
     assert status == 200 and body["verdict"] == "fail" and body["risk"] == 0.95
     assert body["predicted_breach"] == "2027-01-15T08:00:00Z" and body["revision"] == 2
@@ -80,7 +82,7 @@ def test_flagger_rollback_is_200_only_while_a_breach_is_predicted() -> None:
     payload = json.dumps({"name": "web", "namespace": "shop", "phase": "Progressing", "checksum": "abc",
                           "metadata": {}}).encode()
     calm = Board(View(state(kind="deployment"), risk=0.1))
-    risky = Board(View(state(kind="deployment"), risk=0.9))
+    risky = Board(View(state(kind="deployment"), risk=0.9, phase="acted"))
     assert reply(flagger_reply(calm, POLICY, "rollback", payload))[0] == 409
     assert reply(flagger_reply(risky, POLICY, "rollback", payload))[0] == 200
     assert reply(flagger_reply(Board(), POLICY, "rollback", payload))[0] == 404
