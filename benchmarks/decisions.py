@@ -30,10 +30,13 @@ before its breach by anything that reads these series.
 Usage (from the repository root; needs `prometheus` and `promtool` on PATH or /usr/bin):
 
     python benchmarks/decisions.py --count 25 --seed 1 --workers 2 [--scorer trend|forecast] [--policy horizon=10m]
-        [--scrape-interval 30] [--rate-window 5m] [--count-noise]
+        [--scrape-interval 30] [--rate-window 5m] [--count-noise] [--query-form per-pod|aggregate]
 
 `--scrape-interval` and `--rate-window` replay the same scenarios as a cluster that scrapes less often or whose
 queries use longer rate windows would see them (the breach and the baselines read the same series).
+`--query-form aggregate` replays the default pack written as SLO queries usually are, one value for the pods in
+{pods} (`predictor.config.aggregate_metric_pack`: `sum(errors) / sum(requests)`, `histogram_quantile(0.99, sum by
+(le) (...))`, `max(usage / on(namespace, pod, container) limits)`...), rendered once per scope per rollout.
 `--count-noise` draws each scrape interval's requests, errors and latency buckets at random (Poisson, binomial,
 multinomial) instead of adding their expected values, as real counters grow: at a few requests a second an error
 ratio moves in steps of one request and a p99 rests on a handful of slow ones.
@@ -73,6 +76,7 @@ from predictor.config import (  # noqa: E402
     ConfigError,
     PrometheusConfig,
     TLSConfig,
+    aggregate_metric_pack,
     format_duration,
     parse_config,
     parse_duration,
@@ -333,13 +337,17 @@ class Outcome:
 
 
 def benchmark_config(url: str, namespaces: Iterable[str], policy: Mapping[str, str] | None = None,
-                     scraping: Scraping = Scraping()) -> Config:
+                     scraping: Scraping = Scraping(), query_form: str = "per-pod") -> Config:
     """What a user would write: the Prometheus URL and the namespaces; the default pack (its rate windows as
-    `scraping` says) and the default policy with `policy`'s keys (as in the config file's `policy:` section)
-    replaced."""
+    `scraping` says), or with `query_form` "aggregate" the same pack as SLO queries are usually written
+    (`config.aggregate_metric_pack`), and the default policy with `policy`'s keys (as in the config file's
+    `policy:` section) replaced."""
     raw: dict[str, Any] = {"prometheus": {"url": url}, "targets": [{"namespace": ns} for ns in namespaces]}
     if policy:
         raw["policy"] = dict(policy)
+    if query_form == "aggregate":
+        raw["metrics"] = [{"name": m.name, "query": m.query, "threshold": m.threshold, "unit": m.unit}
+                          for m in aggregate_metric_pack()]
     config = parse_config(raw, "benchmark")
     metrics = tuple(replace(m, query=scraping.query(m.query),
                             denominator=scraping.query(m.denominator) if m.denominator else None)
@@ -453,15 +461,15 @@ def linear(
 
 
 ShardJob = tuple[list[Planned], float, float, str, str, str, str | None, dict[str, str], dict[str, float], Scraping,
-                 bool]
+                 bool, str]
 """(scenarios, data start, data end, prometheus, promtool, scorer name, directory to keep the data in or None,
-policy keys replaced, scorer parameters, scraping, count noise)"""
+policy keys replaced, scorer parameters, scraping, count noise, query form)"""
 
 
 def run_shard(args: ShardJob) -> tuple[list[Outcome], dict[str, float]]:
     """Backfill one Prometheus with a shard's scenarios, replay the predictor over it and evaluate the baselines."""
     (planned, window_start, window_end, prometheus, promtool, scorer_name, keep, policy_overrides, scorer_params,
-     scraping, count_noise) = args
+     scraping, count_noise, query_form) = args
     logging.basicConfig(level=logging.ERROR)
     timings: dict[str, float] = {}
     workdir = Path(tempfile.mkdtemp(prefix="decisions-", dir=keep))
@@ -482,7 +490,7 @@ def run_shard(args: ShardJob) -> tuple[list[Outcome], dict[str, float]]:
         _progress(f"shard of {len(planned)}: {timings['samples']:.0f} samples generated in "
                   f"{timings['generate_s']:.0f} s and backfilled in {timings['backfill_s']:.0f} s")
         server = Prometheus(prometheus, workdir)
-        config = benchmark_config(server.url, [p.namespace for p in planned], policy_overrides, scraping)
+        config = benchmark_config(server.url, [p.namespace for p in planned], policy_overrides, scraping, query_form)
         policy = config.policy
 
         clock = time.monotonic()
@@ -760,6 +768,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="how often the series are scraped (default 15; many clusters scrape every 30)")
     parser.add_argument("--rate-window", default="1m", metavar="DURATION",
                         help="the default pack's rate window (default 1m; dashboards often use 5m)")
+    parser.add_argument("--query-form", choices=["per-pod", "aggregate"], default="per-pod",
+                        help="the default pack as it is (per pod, the default) or written as aggregate SLO queries "
+                             "(one value for the pods in {pods}, rendered per scope)")
     parser.add_argument("--count-noise", action="store_true",
                         help="draw request, error and latency-bucket counts at random (Poisson), as real counters "
                              "grow, instead of their expected values")
@@ -798,7 +809,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         planned = [[p for p in shard if p.number in wanted] for shard in planned]
     started = time.monotonic()
     jobs = [(p, window_start, window_end, prometheus, promtool, args.scorer, args.keep, policy_overrides,
-             scorer_params, scraping, args.count_noise)
+             scorer_params, scraping, args.count_noise, args.query_form)
             for p in planned if p]
     with multiprocessing.get_context("spawn").Pool(min(args.workers, len(jobs))) as pool:
         results = pool.map(run_shard, jobs)
