@@ -211,6 +211,9 @@ class PolicyConfig:
     """alert or pause when blind; never undo."""
     lookback_seconds: float = 600.0
     """History kept per metric for trends."""
+    max_watch_seconds: float = 1800.0
+    """How long after completion a revision whose evidence still builds stays watched beyond `bake_seconds`
+    (`policy.in_scope`)."""
 
 
 @dataclass(frozen=True)
@@ -1187,7 +1190,7 @@ def parse_config(raw: Any, source: str = "config") -> Config:
     pol = reader.section(
         raw, "policy", "",
         ("action", "dry_run", "bake", "horizon", "interval", "consecutive", "risk_threshold", "alert_threshold",
-         "undo_threshold", "blind_after", "blind_action", "lookback"),
+         "undo_threshold", "blind_after", "blind_action", "lookback", "max_watch"),
     )
     srv = reader.section(raw, "server", "", ("host", "port"))
     log = reader.section(raw, "logging", "", ("format", "level"))
@@ -1255,6 +1258,11 @@ def _read_policy(pol: Mapping[str, Any], reader: _Reader) -> PolicyConfig:
     if lookback < 4 * interval:
         reader.error("policy.lookback", f"expected at least 4 ticks of history ({_duration_text(4 * interval)})",
                      pol.get("lookback", f"{_duration_text(lookback)} (the default)"))
+    bake = reader.duration(pol, "bake", "policy", 600.0, allow_zero=True)
+    max_watch = reader.duration(pol, "max_watch", "policy", max(1800.0, bake), allow_zero=True)
+    if max_watch < bake:
+        reader.error("policy.max_watch", f"expected at least policy.bake ({_duration_text(bake)}): it extends the "
+                     f"bake while evidence still builds", pol["max_watch"])
     fraction = {"above": 0.0, "maximum": 1.0}
     risk_threshold = reader.number(pol, "risk_threshold", "policy", 0.7, **fraction)
     alert_threshold = reader.number(pol, "alert_threshold", "policy", min(0.5, risk_threshold), **fraction)
@@ -1266,7 +1274,7 @@ def _read_policy(pol: Mapping[str, Any], reader: _Reader) -> PolicyConfig:
     return PolicyConfig(
         action=Action(reader.choice(pol, "action", "policy", "pause", ["pause", "undo", "alert"])),
         dry_run=reader.boolean(pol, "dry_run", "policy", False),
-        bake_seconds=reader.duration(pol, "bake", "policy", 600.0, allow_zero=True),
+        bake_seconds=bake,
         horizon_seconds=horizon,
         interval_seconds=interval,
         consecutive_ticks=int(reader.number(pol, "consecutive", "policy", 2, minimum=1, integer=True)),
@@ -1276,6 +1284,7 @@ def _read_policy(pol: Mapping[str, Any], reader: _Reader) -> PolicyConfig:
         blind_after_ticks=int(reader.number(pol, "blind_after", "policy", 8, minimum=1, integer=True)),
         blind_action=Action(reader.choice(pol, "blind_action", "policy", "alert", ["alert", "pause"])),
         lookback_seconds=lookback,
+        max_watch_seconds=max_watch,
     )
 
 
