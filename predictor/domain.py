@@ -179,6 +179,9 @@ class Assessment:
     unknown: bool = False
     """No usable data this tick: the scorer abstained."""
     reason: str = ""
+    decisive: bool = False
+    """The evidence is overwhelming on its own (many standard errors and far beyond the threshold): the policy
+    pauses on this first tick instead of waiting `consecutive_ticks`; an undo still needs them."""
 
 
 @dataclass(frozen=True)

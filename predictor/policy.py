@@ -5,7 +5,9 @@ Per Deployment revision the memory moves watching -> at risk -> acted. Rules, in
    annotation counts as acted, and a person who resumes a paused rollout is not overruled. The one exception
    is rule 3's escalation.
 2. Hysteresis: risk must reach `risk_threshold` on `consecutive_ticks` ticks in a row; a clear tick resets
-   the count, an unknown tick neither counts nor resets.
+   the count, an unknown tick neither counts nor resets. Decisive evidence (`Assessment.decisive`: an abrupt
+   regression many standard errors and far beyond the threshold) pauses a running rollout on its first tick; an
+   undo still needs `consecutive_ticks` (the pause escalates, rule 3).
 3. Graded by confidence: risk at `alert_threshold` only alerts (severity warning); at `risk_threshold` the
    rollout is paused; the configured `undo` needs `undo_threshold` while the rollout still runs (after it
    completed a pause would stop nothing, so undo it is). A rollout we paused, still paused, is undone once its
@@ -250,11 +252,17 @@ def decide(
         return tick.decision(replace(memory, phase=phase), Action.NONE, top.risk, f"{note}: {top.reason}; {figures}",
                              resolved)
 
-    if risk_ticks < confirmed:
+    decisive = top.decisive and rollout.completed_at is None
+    if risk_ticks < confirmed and not decisive:
         return tick.decision(replace(memory, phase=Phase.AT_RISK), Action.NONE, top.risk,
                              f"at risk, waiting for confirmation: {top.reason}; {figures}", resolved)
 
     action, note = _chosen_action(rollout, top.risk, policy)
+    if risk_ticks < confirmed and action is Action.UNDO:
+        action, note = Action.PAUSE, (f" (decisive evidence on {risk_ticks}/{confirmed} ticks: pausing at once; an "
+                                      f"undo needs {confirmed} ticks at undo_threshold)")
+    elif risk_ticks < confirmed:
+        note += f" (decisive evidence: acting on {risk_ticks}/{confirmed} ticks)"
     memory = replace(memory, phase=Phase.ACTED, acted=action, acted_at=now,
                      breach_alert=_breach_alert(rollout, top, now, memory.breach_alert, True))
     return tick.decision(memory, action, top.risk, f"{action}{note}: {top.reason}; {figures}", resolved)

@@ -37,6 +37,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from statistics import NormalDist
 
 from predictor.config import format_duration
 from predictor.detectors.evidence_reading import (
@@ -53,6 +54,11 @@ SETTLING_RISK_CAP = 0.5
 """Risk of a breach by new pods whose forecast decays back below the threshold: warming up, not broken."""
 NEW_POD_BREACH_RISK = 0.95
 """Risk of a persisted, release-specific breach of the new pods (times the confidence of the margin)."""
+DECISIVE_FALSE_POSITIVE = 1e-6
+"""The one-sided z-test of new against old pods that makes a gap decisive from one sample: with no release effect
+(the gap's mean at most zero, its scatter the old pods'), a statistic this far out has at most this probability."""
+DECISIVE_Z = NormalDist().inv_cdf(1.0 - DECISIVE_FALSE_POSITIVE)
+"""4.75 standard errors."""
 
 
 @dataclass(frozen=True)
@@ -62,6 +68,8 @@ class Evidence:
     risk: float
     breach_at: float | None
     reason: str
+    decisive: bool = False
+    """Overwhelming on its own: the policy need not wait for a second tick (`Assessment.decisive`)."""
 
 
 @dataclass(frozen=True)
@@ -138,8 +146,15 @@ def new_against_old(r: Reading) -> Evidence | Abstention | None:
     if held <= 0:
         return Evidence(min(SETTLING_RISK_CAP, NEW_POD_BREACH_RISK * confidence), None,
                          f"{reason}: the gap closes, back within the threshold by then: warming up")
+    # decisive: many standard errors (DECISIVE_Z) and far beyond the threshold, beyond it by at least as much again
+    # as the old pods are within it; a marginal gap keeps the warm-up guard (a second sample to see it close)
+    decisive = z >= DECISIVE_Z and held >= -r.badness(old_ref, Scope.OLD)
+    if decisive:
+        reason += (f"; decisive from this sample: >= {DECISIVE_Z:.2f} standard errors (false-positive probability "
+                   f"{DECISIVE_FALSE_POSITIVE:g}) and beyond the threshold by more than old pods are within it")
     return Evidence(NEW_POD_BREACH_RISK * confidence, breach_at, f"{reason} (breach {when} as the rollout "
-                     f"proceeds)")
+                    f"proceeds)", decisive=decisive)
+
 
 def recurring_events(r: Reading) -> Evidence | None:
     """A count of events (restarts) that recurs in the new pods (at least `recurring_events` within the window,

@@ -218,7 +218,7 @@ class ForecastScorer:
                 f"old {fmt(reading.old_ref())}, threshold {spec.threshold:g}; {quiet_forecast(reading)}{note}",
             )
         return Assessment(**base, risk=round(best.risk, 4), value=value, predicted_breach=best.breach_at,
-                          reason=best.reason + note)
+                          reason=best.reason + note, decisive=best.decisive)
 
     def read(
         self, rollout: RolloutState, spec: MetricSpec, history: MetricHistory, now: float, horizon_seconds: float
@@ -373,7 +373,7 @@ class ForecastScorer:
                 if SHARED_CAUSE_RISK_CAP < e.risk < 1.0:
                     boosted = e.risk + (1.0 - e.risk) * self.forest_weight * score
                     combined[i] = Evidence(boosted, e.breach_at, f"{e.reason}; corroborated by the isolation "
-                                            f"forest ({score:.2f})")
+                                           f"forest ({score:.2f})", decisive=e.decisive)
         combined.append(Evidence(self.forest_risk_cap, None,
                                   f"{spec.name}: joint metrics unusual for a healthy rollout (isolation forest "
                                   f"{score:.2f} >= {self.forest.threshold_:.2f}; {spec.name} deviates "

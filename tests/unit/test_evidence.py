@@ -73,7 +73,8 @@ def test_new_against_old_weighs_the_gap_in_standard_errors_and_abstains_with_a_n
     rows = [(0.004 + 0.0004 * (-1) ** i, 0.2 + 0.002 * (-1) ** i, 0.004 + 0.0004 * (-1) ** i) for i in range(4)]
     found = new_against_old(read(ERRORS, rows))
     assert isinstance(found, Evidence) and found.risk > 0.9 * NEW_POD_BREACH_RISK
-    assert "standard errors" in found.reason and found.breach_at is not None
+    assert "standard errors" in found.reason and found.breach_at is not None and found.decisive
+    assert abs(evidence.DECISIVE_Z - 4.753) < 1e-3  # P(Z >= 4.753) = 1e-6
     few = new_against_old(read(ERRORS, rows, scorer=ForecastScorer(step_seconds=STEP, min_new_pods=3)))
     assert isinstance(few, Abstention) and "2 new pod(s) < 3" in few.note
     assert new_against_old(read(ERRORS, steady(0.004, 0.005, 0.004))) is None  # within the threshold
