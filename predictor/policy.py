@@ -17,7 +17,8 @@ Per Deployment revision the memory moves watching -> at risk -> acted. Rules, in
 5. A rollback (the current ReplicaSet is an older template brought back) is never undone again: at most alerted.
 
 Scope (`in_scope`): a revision is watched while it rolls out, for `bake` after it completes, and beyond that while
-its evidence still builds (its top risk reached LIVE_RISK on one of the last `consecutive_ticks` ticks), up to
+its evidence still builds (its top risk reached LIVE_RISK, or an assessment says a trend still heads for the
+threshold, `Assessment.building`, on one of the last `consecutive_ticks` ticks), up to
 `max_watch` after completion: a leak that breaches half an hour after a quick rollout is still being forecast when
 the bake ends. Its phase then reads `watching_beyond_bake`.
 """
@@ -65,7 +66,8 @@ class RolloutMemory:
     carried_alert: Alert | None = None
     """The breach alert of the revision we undid: it fires until this rollback completes."""
     live_at: float | None = None
-    """The last tick whose top risk reached LIVE_RISK: what keeps the revision watched beyond `bake`."""
+    """The last tick whose top risk reached LIVE_RISK or whose trend was building: what keeps the revision watched
+    beyond `bake`."""
 
     @property
     def alerts(self) -> tuple[Alert, ...]:
@@ -83,8 +85,8 @@ def in_scope(rollout: RolloutState, now: float, policy: PolicyConfig, memory: Ro
 
 
 def beyond_bake(rollout: RolloutState, now: float, policy: PolicyConfig, memory: RolloutMemory | None) -> bool:
-    """Past `bake`: still watched while this revision's top risk reached LIVE_RISK on one of the last
-    `consecutive_ticks` ticks (a trend still heading for the threshold, a gap still open), and at most
+    """Past `bake`: still watched while this revision's top risk reached LIVE_RISK, or a trend still headed for the
+    threshold (`Assessment.building`), on one of the last `consecutive_ticks` ticks, and at most
     `max_watch_seconds` after completion. Unknown ticks do not keep it watched."""
     if rollout.completed_at is None or now - rollout.completed_at <= policy.bake_seconds:
         return False
@@ -218,7 +220,8 @@ def decide(
     undo_ticks = memory.undo_ticks + 1 if top.risk >= policy.undo_threshold else 0
     memory = replace(memory, unknown_ticks=0, blind_alert=None, risk_ticks=risk_ticks, warn_ticks=warn_ticks,
                      clear_ticks=clear_ticks, undo_ticks=undo_ticks,
-                     live_at=now if top.risk >= LIVE_RISK else memory.live_at)
+                     live_at=now if top.risk >= LIVE_RISK or any(a.building for a in assessments if not a.unknown)
+                     else memory.live_at)
     figures = (f"risk {top.risk:.2f} (threshold {policy.risk_threshold:.2f}, "
                f"{risk_ticks}/{policy.consecutive_ticks} ticks)")
     confirmed = policy.consecutive_ticks

@@ -374,6 +374,27 @@ def _never_ready(r: Reading, new: Sequence[PodState], old: Sequence[PodState]) -
                     f"not become ready")
 
 
+BUILDING_Z = 2.0
+"""A trend whose straight-line slope toward the threshold is this many standard errors is still building."""
+
+
+def still_building(r: Reading) -> bool:
+    """Whether a trend of the new pods (or of the Deployment once every pod is new) still heads for the threshold:
+    its slope toward it is BUILDING_Z standard errors or more, however far the breach. Not a risk: it keeps the
+    revision watched beyond `bake` (`policy.beyond_bake`), so a leak too slow to predict a breach yet is still
+    read when it is. A count of events has no trend."""
+    if r.counts_events:
+        return False
+    for scope, fresh in ((Scope.NEW, r.new_fresh), (Scope.DEPLOYMENT, r.dep_fresh and not r.mixing)):
+        trend = r.tracks[scope].trend
+        if not fresh or trend is None or trend.count < r.settings.min_forecast_samples:
+            continue
+        z = trend.slope_z(r.spec.direction)
+        if z is not None and z >= BUILDING_Z:
+            return True
+    return False
+
+
 def _as_findings(result: Finding | Sequence[Evidence]) -> Iterable[Evidence | Abstention]:
     if result is None:
         return ()

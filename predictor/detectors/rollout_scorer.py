@@ -31,6 +31,7 @@ from predictor.detectors.evidence import (
     Evidence,
     gather,
     quiet_forecast,
+    still_building,
     strongest,
 )
 from predictor.detectors.evidence_reading import (
@@ -211,6 +212,7 @@ class ForecastScorer:
                 notes.append(forest_note)
         note = f" ({'; '.join(notes)})" if notes else ""
         best = strongest(evidence)
+        base["building"] = still_building(reading)
         if best is None:
             return Assessment(
                 **base, risk=0.0, value=value,
