@@ -59,8 +59,12 @@ ACTION_SEVERITY: Mapping[Action, int] = {Action.NONE: 0, Action.ALERT: 1, Action
 
 @dataclass(frozen=True, order=True)
 class DeploymentRef:
+    """The workload a rollout belongs to. `kind` names it in alerts' labels: `deployment` (Kubernetes), `service`
+    (a Docker Swarm service, whose namespace is its stack's, empty outside a stack), `rollout` (Argo Rollouts)."""
+
     namespace: str
     name: str
+    kind: str = "deployment"
 
     def __str__(self) -> str:
         return f"{self.namespace}/{self.name}"
@@ -166,6 +170,20 @@ class Observation:
 
 
 @dataclass(frozen=True)
+class ForecastBand:
+    """Where a scorer forecasts one scope of a metric: from `level` at `start` to `mean` at `until`, with the 95 %
+    band `low`..`high` there (what the status page draws)."""
+
+    scope: Scope
+    start: float
+    level: float
+    until: float
+    mean: float
+    low: float
+    high: float
+
+
+@dataclass(frozen=True)
 class Assessment:
     """A scorer's view of one metric of one rollout: a risk in 0..1 and why."""
 
@@ -184,6 +202,8 @@ class Assessment:
     decisive: bool = False
     """The evidence is overwhelming on its own (many standard errors and far beyond the threshold): the policy
     pauses on this first tick instead of waiting `consecutive_ticks`; an undo still needs them."""
+    forecast: ForecastBand | None = None
+    """The forecast behind the risk, where the scorer has one (the forecast scorer's local trend)."""
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from predictor.domain import Action, Alert, Assessment, Decision, DeploymentRef,
 from predictor.features import MetricHistory
 from predictor.policy import RolloutMemory
 from predictor.ports import ActionResult, Actuator, KillSwitch, MetricSource, Notifier, RolloutSource
+from predictor.status.board import StatusBoard
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,7 @@ class Engine:
         scorer: Scorer,
         may_act: Callable[[], bool] = lambda: True,
         kill_switch: KillSwitch | None = None,
+        board: StatusBoard | None = None,
     ) -> None:
         self.config = config
         self.rollouts = rollouts
@@ -81,6 +83,8 @@ class Engine:
         """Pauses and undos this process carried out (the watch cache may not show their records yet)."""
         self._reported: set[object] = set()
         """Ignored annotations and withheld actions already logged at WARNING: once each, not every tick."""
+        self.board = board if board is not None else StatusBoard()
+        """What the status API, pages and reports show: recent values, forecasts and decisions per rollout."""
 
     def tick(self, now: float) -> TickReport:
         report = TickReport(time=now)
@@ -94,6 +98,7 @@ class Engine:
         watched = [s for s in states if policy_rules.in_scope(s, now, self.config.policy, self.memory.get(s.ref))
                    and not self._opted_out(s)]
         report.watched = len(watched)
+        self.board.begin_tick(now, watched)
         resolved = self._retire(watched, now)
         self._observe(watched, now, report)
         leader = self.may_act()
@@ -143,6 +148,7 @@ class Engine:
             for ref, items in by_ref.items():
                 if ref in revisions:
                     self.history.add(revisions[ref], items)
+                    self.board.observe(ref, revisions[ref], spec, items)
 
     def _fetch(
         self, spec: MetricSpec, watched: Sequence[RolloutState], now: float, report: TickReport
@@ -185,6 +191,7 @@ class Engine:
         memory, decision = policy_rules.decide(previous, rollout, assessments, now, chosen.policy)
         self.memory[rollout.ref] = memory
         report.decisions.append(decision)
+        self.board.assessed(rollout, assessments, decision, str(memory.phase))
         changed = previous is None or previous.phase is not memory.phase or decision.action is not Action.NONE
         level = logging.INFO if changed else logging.DEBUG
         log.log(level, "decision %s rev %d: %s (phase %s) %s", rollout.ref, rollout.revision, decision.action,
@@ -209,6 +216,7 @@ class Engine:
         if not leader:
             self.memory[rollout.ref] = policy_rules.not_applied(self.memory[rollout.ref])
             log.info("follower: not acting on %s (%s); the leader does", rollout.ref, decision.action)
+            self.board.outcome(decision, "not applied (follower)")
             return
         why = safety.withheld_because(decision, report.kill_switch, self._spent(states, decision.time),
                                       self.config.safety)
@@ -219,6 +227,7 @@ class Engine:
                 report.withheld.append((decision, why))
             self._warn_once(key, f"{rollout.ref} revision {rollout.revision}: "
                             f"{safety.withheld_reason(decision, why)}; {decision.reason}")
+            self.board.outcome(decision, f"withheld: {why}")
             return
         try:
             result = self.actuator.apply(decision, rollout)
@@ -227,11 +236,13 @@ class Engine:
             report.actions.append(ActionOutcome(decision, None, str(exc)))
             report.errors.append(f"{decision.action} {rollout.ref}: {exc}")
             log.error("%s of %s failed, will retry next tick: %s", decision.action, rollout.ref, exc)
+            self.board.outcome(decision, f"failed: {exc}")
             return
         report.actions.append(ActionOutcome(decision, result))
         if decision.action in safety.LIMITED and (result.applied or decision.dry_run):
             self._own_actions.append(safety.SpentAction(rollout.ref, rollout.revision, decision.action,
                                                         decision.time))
+        self.board.outcome(decision, f"{'applied' if result.applied else 'unchanged'}: {result.detail}")
         log.warning("%s %s revision %d%s: %s; %s", decision.action, rollout.ref, rollout.revision,
                     " (dry run)" if decision.dry_run else "", decision.reason, result.detail)
 

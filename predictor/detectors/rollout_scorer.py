@@ -43,7 +43,7 @@ from predictor.detectors.forecast import DampedTrendForecaster, LocalTrend, _med
 from predictor.detectors.forest import RolloutIsolationForest
 from predictor.detectors.season import SeasonalProfile
 from predictor.detectors.trend import SHARED_CAUSE_RISK_CAP
-from predictor.domain import Assessment, DeploymentRef, RolloutState, Scope
+from predictor.domain import Assessment, DeploymentRef, ForecastBand, RolloutState, Scope
 from predictor.features import MetricHistory, Series
 
 DEFAULT_LIVE_PARAMS: Mapping[str, float] = {"alpha": 0.3, "beta": 0.05, "phi": 0.96}
@@ -218,9 +218,10 @@ class ForecastScorer:
                 **base, risk=0.0, value=value,
                 reason=f"{spec.name}: deployment {fmt(dep.last)}, new {fmt(new.last)}, "
                 f"old {fmt(reading.old_ref())}, threshold {spec.threshold:g}; {quiet_forecast(reading)}{note}",
+                forecast=forecast_band(reading),
             )
         return Assessment(**base, risk=round(best.risk, 4), value=value, predicted_breach=best.breach_at,
-                          reason=best.reason + note, decisive=best.decisive)
+                          reason=best.reason + note, decisive=best.decisive, forecast=forecast_band(reading))
 
     def read(
         self, rollout: RolloutState, spec: MetricSpec, history: MetricHistory, now: float, horizon_seconds: float
@@ -391,3 +392,20 @@ def _range_seconds(query: str) -> float:
 
 def _fresh(series: Series) -> bool:
     return not series.empty and series.trailing_unknown == 0
+
+
+def forecast_band(reading: Reading) -> ForecastBand | None:
+    """The forecast the status page draws: the Deployment's local trend once every pod is new, the new pods' while
+    pods mix (their trend is what the Deployment follows). None for counts, per-pod limits or too few samples."""
+    if reading.counts_events:
+        return None
+    scope = Scope.NEW if reading.mixing else Scope.DEPLOYMENT
+    fresh = reading.new_fresh if reading.mixing else reading.dep_fresh
+    if not fresh or reading.limit(scope) != reading.spec.threshold:
+        return None
+    result = reading.trend_risk(scope)
+    if result is None:
+        return None
+    fc = result[1]
+    return ForecastBand(scope=scope, start=reading.now, level=fc.level, until=reading.now + reading.reach(scope),
+                        mean=fc.forecast, low=fc.forecast - 1.96 * fc.sd, high=fc.forecast + 1.96 * fc.sd)
