@@ -13,13 +13,18 @@ has nothing to say. The pieces:
    (following the margins' line when it closes, never when it grows), in standard errors built from the scatter
    seen in old pods scaled to the new pods' count. A gap many times the scatter counts from the first new pods'
    first sample (an abrupt regression breaches within a minute); a small one needs more samples; a gap that
-   closes (the warm-up of new pods) is held back by the line's prediction error as much as by its slope;
+   closes (the warm-up of new pods) is held back by the line's prediction error as much as by its slope. A gap of
+   DECISIVE_Z standard errors (a one-sided z-test, false-positive probability DECISIVE_FALSE_POSITIVE) that is
+   beyond the threshold by more than old pods are within it is `decisive`: the policy pauses on its first tick;
 3. `recurring_events`: a count of events (`increase()` of restarts: read from the MetricSpec's query or unit) is
    never extrapolated (a restart is one event, not a trend); new pods whose count recurs (`recurring_events`
    within the window, on two samples in a row) while old pods stay below one count as a crash loop when the
    restarts keep new pods from being ready or the count still rises (two counter resets of a pod that serves
    again are no loop);
-4. `trend_forecasts`: the local trend of the new pods (and of the Deployment once every pod is new: before, its
+4. `pod_states`: the new pods' own states (`RolloutState.pods`) on the metric that counts restarts: a container
+   waiting in a crash reason, restarts old pods' rate does not explain, unready beyond the readiness allowance
+   while old pods are ready; no pod information, no evidence;
+5. `trend_forecasts`: the local trend of the new pods (and of the Deployment once every pod is new: before, its
    value moves with the mix of new and old pods, so its trend starts afresh then and counts once it spans half its
    memory): P(the trend's path is beyond the threshold within the horizon), from a discounted quadratic
    regression (`LocalTrend`), extrapolated at most EXTRAPOLATION_FACTOR times as far as it reaches back (a young
@@ -29,7 +34,8 @@ has nothing to say. The pieces:
    With a trained daily season (`SeasonalProfile`) the trends see the samples net of it and the season's worst
    offset within the horizon is added back as a level; a breach the season alone brings is capped at alert.
 
-The isolation forest's verdict (`ForecastScorer._with_forest`) joins these when a forest is trained.
+`still_building` is no risk: it says whether a trend still heads for the threshold, which keeps a revision watched
+beyond `bake`. The isolation forest's verdict (`ForecastScorer._with_forest`) joins these when a forest is trained.
 """
 
 from __future__ import annotations

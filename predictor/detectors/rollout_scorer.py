@@ -4,7 +4,8 @@ The engine calls `assess` once per rollout, metric and tick. Per (Deployment, re
 keeps a damped-trend forecaster and a few recent samples, and feeds them only the samples it has not seen yet, so
 a tick costs the same whatever the age of the rollout. Each assessment reads the tracks once (`Reading`, in
 `detectors/evidence_reading`) and asks the named pieces of evidence in `detectors/evidence` (a breach now, new pods
-against old pods, recurring events, local trends; and a trained isolation forest's verdict): the strongest wins.
+against old pods, recurring events, pod states, local trends; and a trained isolation forest's verdict): the
+strongest wins.
 
 Evidence that old pods share (a traffic surge, a slow dependency) is capped at SHARED_CAUSE_RISK_CAP: the release
 is not its cause. Once no old pod is left (the bake after completion), a breach or forecast counts unless the
