@@ -19,11 +19,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from predictor.detectors.calibrated import SelfCalibratingDetector
 from predictor.detectors.streaming import StreamingAnomalyDetector
 
 HEADER = ("timestamp", "value", "anomaly_score")
 
-DETECTORS: dict[str, type[Any]] = {"ensemble": StreamingAnomalyDetector}
+DETECTORS: dict[str, type[Any]] = {"ensemble": StreamingAnomalyDetector, "calibrated": SelfCalibratingDetector}
 """The streaming detectors `run_nab` can run, by name (docs/NAB.md compares them)."""
 DEFAULT_DETECTOR = "ensemble"
 
