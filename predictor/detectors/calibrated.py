@@ -15,6 +15,11 @@ No new constant: K is the longest time scale, already the span over which the de
 exchangeable noise, K = 64 successive values above the maximum of the 250 before them has probability of order
 (1/251)^64 for K = 64 (astronomically small): only a real change of level, or a trend steeper than the noise,
 does it. A daily cycle does not, as long as the window covers most of the cycle.
+
+Calibration uses the series' *recent* behaviour: each statistic's tail is fitted to its last `MEMORY` values,
+four weeks of five-minute samples, instead of the last 20,000 (ten weeks). Four weeks hold several weekly
+cycles, so a weekly habit is seen again before it would be judged, and a regime that has ended is forgotten
+within a month rather than weighing on the tails for the rest of the stream.
 """
 
 from __future__ import annotations
@@ -24,10 +29,17 @@ from typing import Any
 
 from predictor.detectors.streaming import StreamingAnomalyDetector
 
+MEMORY = 4 * 7 * 288
+"""Values of history each statistic's tail is calibrated on: four weeks of five-minute samples (8064)."""
+
 
 class SelfCalibratingDetector(StreamingAnomalyDetector):
-    """`StreamingAnomalyDetector` that re-baselines after a persistent level shift (module docstring). Same
-    parameters, state (plus the current run of samples beyond the baseline and the count of re-baselines)."""
+    """`StreamingAnomalyDetector` that re-baselines after a persistent level shift and calibrates on the last
+    four weeks (module docstring). Same parameters and state, plus the current run of samples beyond the
+    baseline and the count of re-baselines; `max_history` defaults to 8064."""
+
+    def __init__(self, *, max_history: int = MEMORY, **params: Any) -> None:
+        super().__init__(max_history=max_history, **params)
 
     def reset(self) -> SelfCalibratingDetector:
         super().reset()

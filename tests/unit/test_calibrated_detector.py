@@ -26,6 +26,7 @@ def test_stationary_noise_with_a_daily_cycle_never_re_baselines():
     detector = SelfCalibratingDetector()
     scores = detector.score_series(t, x)
     assert detector.rebaselines_ == 0
+    assert detector.max_history == 4 * 7 * 288  # four weeks of five-minute samples
     # and then it scores exactly as the detector it extends
     np.testing.assert_array_equal(scores, StreamingAnomalyDetector().score_series(t, x))
 
