@@ -64,3 +64,10 @@ class Notifier(Protocol):
     def send(self, firing: Sequence[Alert], resolved: Sequence[Alert], now: float) -> None:
         """Hand alerts to Alertmanager without blocking the tick: failures are retried in the background."""
         ...
+
+
+class KillSwitch(Protocol):
+    def engaged(self) -> bool:
+        """Read once per tick: True while every pause and undo must become an alert. Never raises: when it
+        cannot be read, the last state read (False before any)."""
+        ...

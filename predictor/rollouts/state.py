@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from predictor.domain import POD_TEMPLATE_HASH_LABEL, REVISION_ANNOTATION, DeploymentRef, RolloutState
+from predictor.domain import POD_TEMPLATE_HASH_LABEL, REVISION_ANNOTATION, DeploymentRef, PodState, RolloutState
 
 Obj = Mapping[str, Any]
 
@@ -30,6 +30,11 @@ REVISION_HISTORY_ANNOTATION = "deployment.kubernetes.io/revision-history"
 PROGRESSING = "Progressing"
 REASON_NEW_RS_AVAILABLE = "NewReplicaSetAvailable"
 REASON_DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"
+START_SLACK_SECONDS = 120.0
+"""Scheduling, pulling the image and starting the containers, before any probe runs: part of the readiness
+allowance."""
+PROBE_PERIOD_DEFAULT, PROBE_FAILURE_THRESHOLD_DEFAULT = 10, 3
+"""The API server's defaults for a probe's periodSeconds and failureThreshold."""
 
 
 def parse_time(text: str | None) -> float | None:
@@ -193,8 +198,71 @@ def _is_reused(new_rs: Obj, owned: Sequence[Obj]) -> bool:
     )
 
 
-def rollout_state_from_objects(deployment: Obj, replicasets: Sequence[Obj]) -> RolloutState:
-    """Build the RolloutState of one Deployment from it and the ReplicaSets of its namespace (others ignored).
+def _probe_allowance(probe: Obj | None) -> float:
+    """How long a probe may fail before the kubelet gives up on it: its initial delay and every allowed failure."""
+    if not isinstance(probe, Mapping):
+        return 0.0
+    period = _int(probe.get("periodSeconds"), PROBE_PERIOD_DEFAULT) or PROBE_PERIOD_DEFAULT
+    failures = _int(probe.get("failureThreshold"), PROBE_FAILURE_THRESHOLD_DEFAULT) or PROBE_FAILURE_THRESHOLD_DEFAULT
+    return max(0, _int(probe.get("initialDelaySeconds"))) + period * failures
+
+
+def ready_allowance(deployment: Obj) -> float | None:
+    """How long a new pod of the Deployment may take to become ready: START_SLACK_SECONDS, the slowest container's
+    startup and readiness probes at their failure thresholds, and `minReadySeconds`. None without a pod template
+    (a replay) or without any probe (readiness is then the containers' start, whose time the template does not
+    tell)."""
+    spec = deployment.get("spec") or {}
+    containers = ((spec.get("template") or {}).get("spec") or {}).get("containers") or []
+    probed = [c for c in containers if isinstance(c, Mapping) and (c.get("startupProbe") or c.get("readinessProbe"))]
+    if not probed:
+        return None
+    slowest = max(_probe_allowance(c.get("startupProbe")) + _probe_allowance(c.get("readinessProbe")) for c in probed)
+    return START_SLACK_SECONDS + slowest + max(0, _int(spec.get("minReadySeconds")))
+
+
+def pod_state(pod: Obj) -> PodState:
+    """A Pod (dict form) as the rollout state keeps it: its `pod-template-hash` label, readiness (the Ready
+    condition), restarts summed over its containers, the first waiting container's reason, its creation time."""
+    meta = _meta(pod)
+    status = pod.get("status") or {}
+    containers = list(status.get("containerStatuses") or [])
+    waiting = [((c.get("state") or {}).get("waiting") or {}).get("reason")
+               for c in [*containers, *(status.get("initContainerStatuses") or [])]]
+    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
+    return PodState(
+        name=str(meta.get("name", "")),
+        template_hash=str((meta.get("labels") or {}).get(POD_TEMPLATE_HASH_LABEL, "")),
+        ready=ready,
+        restarts=sum(_int(c.get("restartCount")) for c in containers),
+        waiting_reason=next((str(reason) for reason in waiting if reason), None),
+        created_at=_created(pod),
+    )
+
+
+def pods_of(replicasets: Sequence[Obj], pods: Sequence[Obj]) -> tuple[PodState, ...]:
+    """The pods `replicasets` control (controller ownerReference, by uid; by name without uids) that carry a
+    `pod-template-hash` label, sorted by name."""
+    uids = {str(_meta(rs).get("uid")) for rs in replicasets if _meta(rs).get("uid")}
+    names = {str(_meta(rs).get("name")) for rs in replicasets}
+    found = []
+    for pod in pods:
+        for ref in _meta(pod).get("ownerReferences") or []:
+            if not ref.get("controller") or ref.get("kind", "ReplicaSet") != "ReplicaSet":
+                continue
+            if (ref.get("uid") and ref["uid"] in uids) or (not ref.get("uid") and ref.get("name") in names):
+                state = pod_state(pod)
+                if state.template_hash:
+                    found.append(state)
+                break
+    return tuple(sorted(found, key=lambda p: p.name))
+
+
+def rollout_state_from_objects(
+    deployment: Obj, replicasets: Sequence[Obj], pods: Sequence[Obj] | None = None
+) -> RolloutState:
+    """Build the RolloutState of one Deployment from it and the ReplicaSets of its namespace (others ignored),
+    and, when `pods` (its namespace's Pods) are given, the pods of its new and old ReplicaSets.
 
     Replica counts come from the ReplicaSets (the pods as they are), completion from the Deployment's status
     as `kubectl rollout status` reads it. A Deployment whose new template has no ReplicaSet yet (just changed,
@@ -261,6 +329,8 @@ def rollout_state_from_objects(deployment: Obj, replicasets: Sequence[Obj]) -> R
         is_rollback=is_rollback,
         previous_revision=previous_revision_below(revision, owned),
         annotations={str(k): str(v) for k, v in (meta.get("annotations") or {}).items()},
+        pods=pods_of([rs for rs in owned if rs is new_rs or rs in old], pods) if pods else (),
+        ready_allowance_seconds=ready_allowance(deployment),
     )
 
 

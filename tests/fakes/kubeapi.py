@@ -240,13 +240,32 @@ REPLICASETS = Resource(
     categories=("all",),
 )
 LEASES = Resource("coordination.k8s.io", "v1", "leases", "lease", "Lease", True)
+ROLLOUTS = Resource(
+    # Argo Rollouts' CRD (manifests/crds/rollout-crd.yaml): status and scale subresources; as for every custom
+    # resource, no strategic merge patch (415) and no defaulting beyond the schema's.
+    "argoproj.io",
+    "v1alpha1",
+    "rollouts",
+    "rollout",
+    "Rollout",
+    True,
+    ("ro",),
+    status_subresource=True,
+    scale_subresource=True,
+    tracks_generation=True,
+    categories=("all",),
+)
 EVENTS_V1 = Resource("events.k8s.io", "v1", "events", "event", "Event", True, ("ev",), storage="events")
-RESOURCES: tuple[Resource, ...] = (NAMESPACES, PODS, CORE_EVENTS, DEPLOYMENTS, REPLICASETS, LEASES, EVENTS_V1)
+CONFIGMAPS = Resource("", "v1", "configmaps", "configmap", "ConfigMap", True, ("cm",))
+RESOURCES: tuple[Resource, ...] = (
+    NAMESPACES, PODS, CORE_EVENTS, DEPLOYMENTS, REPLICASETS, LEASES, EVENTS_V1, CONFIGMAPS, ROLLOUTS,
+)
 # Preferred group order, as a real server lists them in /apis.
 GROUP_VERSIONS: tuple[tuple[str, str], ...] = (
     ("apps", "v1"),
     ("events.k8s.io", "v1"),
     ("coordination.k8s.io", "v1"),
+    ("argoproj.io", "v1alpha1"),
 )
 
 
@@ -332,6 +351,15 @@ def prune(value: Any) -> Any:
     if isinstance(value, list):
         return [prune(v) for v in value]
     return value
+
+
+MAX_GENERATED_NAME_PREFIX = 63 - 5
+"""apiserver `names.SimpleNameGenerator`: a generateName longer than this is cut before the 5 random characters."""
+
+
+def generate_name(base: str, rng: random.Random) -> str:
+    """A name from generateName, as the API server makes it: the base cut to 58 characters, 5 random ones."""
+    return base[:MAX_GENERATED_NAME_PREFIX] + "".join(rng.choice(_SAFE_ALPHANUMS) for _ in range(5))
 
 
 def fnv32a(data: bytes) -> int:
@@ -791,6 +819,13 @@ def validate(res: Resource, obj: JSON, old: JSON | None) -> None:
         for k, v in (meta.get(field) or {}).items() if isinstance(meta.get(field), dict) else ():
             if not isinstance(v, str):
                 causes.append((f"metadata.{field}.{k}", f"Invalid value: {v!r}: must be a string"))
+    if res is CONFIGMAPS:
+        data = obj.get("data")
+        if data is not None and not isinstance(data, dict):
+            causes.append(("data", "Invalid value: must be a map of strings"))
+        for k, v in data.items() if isinstance(data, dict) else ():
+            if not isinstance(v, str):
+                causes.append((f"data[{k}]", f"Invalid value: {v!r}: must be a string"))
     if res in (DEPLOYMENTS, REPLICASETS):
         spec = obj.get("spec")
         spec = spec if isinstance(spec, dict) else {}
@@ -1084,9 +1119,7 @@ class KubeState:
             stored_res = CORE_EVENTS if res is EVENTS_V1 else res
             meta = _meta(obj)
             if not meta.get("name") and meta.get("generateName"):
-                meta["name"] = meta["generateName"] + "".join(
-                    self.rng.choice(_SAFE_ALPHANUMS) for _ in range(5)
-                )
+                meta["name"] = generate_name(meta["generateName"], self.rng)
             name = str(meta.get("name", ""))
             if res.namespaced:
                 meta["namespace"] = namespace
@@ -1255,7 +1288,7 @@ class KubeState:
             elif patch_type == "merge":
                 patched = json_merge_patch(view, patch)
             elif patch_type in ("strategic", "apply"):
-                if res is EVENTS_V1 and patch_type == "strategic":
+                if res in (EVENTS_V1, ROLLOUTS) and patch_type == "strategic":
                     raise ApiError(415, "UnsupportedMediaType", "strategic merge patch is not supported")
                 patched = strategic_merge_patch(view, patch)
             else:
@@ -1933,8 +1966,7 @@ class DeploymentController:
         meta = rs["metadata"]
         template = copy.deepcopy(rs["spec"]["template"])
         while True:
-            suffix = "".join(self._state.rng.choice(_SAFE_ALPHANUMS) for _ in range(5))
-            name = f"{meta['name']}-{suffix}"
+            name = generate_name(f"{meta['name']}-", self._state.rng)
             if self._state.raw(PODS, meta["namespace"], name) is None:
                 break
         self._pod_ip += 1
@@ -3087,6 +3119,7 @@ def iter_watch_lines(stream: Iterable[bytes]) -> Iterator[JSON]:
 
 
 __all__ = [
+    "CONFIGMAPS",
     "CORE_EVENTS",
     "DEPLOYMENTS",
     "EVENTS_V1",
