@@ -22,7 +22,7 @@ def noisy(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_stationary_noise_with_a_daily_cycle_never_re_baselines():
-    t, x = noisy(6000, seed=4)
+    t, x = noisy(3000, seed=4)
     detector = SelfCalibratingDetector()
     scores = detector.score_series(t, x)
     assert detector.rebaselines_ == 0
