@@ -208,7 +208,7 @@ def build_daemon(config: Config) -> Daemon:
         return build_swarm_daemon(config)
     from kubernetes import client as kube_client
 
-    from predictor.actuators.kubernetes import KubernetesActuator
+    from predictor.actuators.kubernetes import CRASH_AT_ENV, CRASH_POINTS, KubernetesActuator
     from predictor.alerting import AlertmanagerNotifier, LoggingNotifier
     from predictor.config import ConfigError
     from predictor.hosts import ActuatorByKind, CombinedRolloutSource
@@ -229,7 +229,11 @@ def build_daemon(config: Config) -> Daemon:
     deployment_targets = [t for t in config.targets if t.kind == "Deployment"]
     rollout_targets = [t for t in config.targets if t.kind == "Rollout"]
     sources: list[Any] = [KubernetesRolloutSource(api_client, deployment_targets)] if deployment_targets else []
-    actuators: dict[str, Any] = {"deployment": KubernetesActuator(api_client, clock=SystemClock())}
+    crash_at = os.environ.get(CRASH_AT_ENV) or None  # a test hook, read once (predictor/actuators/kubernetes.py)
+    if crash_at is not None and crash_at not in CRASH_POINTS:
+        raise ConfigError([f"{CRASH_AT_ENV}: expected one of {', '.join(CRASH_POINTS)}, got {crash_at!r}"],
+                          "environment")
+    actuators: dict[str, Any] = {"deployment": KubernetesActuator(api_client, clock=SystemClock(), crash_at=crash_at)}
     if rollout_targets:  # Argo Rollouts beside (or instead of) Deployments
         from predictor.actuators.argo import ArgoActuator
         from predictor.rollouts.argo import ArgoRolloutSource
