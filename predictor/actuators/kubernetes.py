@@ -47,8 +47,8 @@ from predictor.domain import (
     REVISION_ANNOTATION,
     Action,
     Decision,
-    DryRunRecord,
     DeploymentRef,
+    DryRunRecord,
     RolloutState,
     parse_dry_run_record,
 )
