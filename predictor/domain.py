@@ -211,6 +211,11 @@ class Assessment:
     unknown: bool = False
     """No usable data this tick: the scorer abstained."""
     reason: str = ""
+    building: bool = False
+    """A trend still heads for the threshold (however far the breach): the revision stays watched beyond `bake`."""
+    decisive: bool = False
+    """The evidence is overwhelming on its own (many standard errors and far beyond the threshold): the policy
+    pauses on this first tick instead of waiting `consecutive_ticks`; an undo still needs them."""
     forecast: ForecastBand | None = None
     """The forecast behind the risk, where the scorer has one (the forecast scorer's local trend)."""
 

@@ -114,8 +114,8 @@ class KubernetesActuator:
         *,
         max_attempts: int = 5,
         conflict_backoff_seconds: float = 0.05,
-        page_url: Callable[[DeploymentRef], str] | None = None,
         crash_at: str | None = None,
+        page_url: Callable[[DeploymentRef], str] | None = None,
     ) -> None:
         if max_attempts < 1:
             raise ValueError(f"max_attempts: expected at least 1, got {max_attempts}")

@@ -701,6 +701,19 @@ class LocalTrend:
         inverse = np.array([[m[2], -m[1]], [-m[1], m[0]]]) / det
         return a, b, inverse * sigma * sigma
 
+    def slope_z(self, direction: Direction) -> float | None:
+        """The weighted straight line's slope toward the bad side in its standard errors (residual sigma inflated
+        for correlated samples, as in `fit`); None before the regression can be solved."""
+        fitted = self.fit()
+        if fitted is None:
+            return None
+        line = self._line(fitted[2])
+        if line is None:
+            return None
+        se = math.sqrt(max(float(line[2][1, 1]), 0.0))
+        sign = 1.0 if direction is Direction.ABOVE else -1.0
+        return sign * line[1] / se if se > 0 else None
+
     def breach(self, threshold: float, direction: Direction, horizon_seconds: float,
                lag_seconds: float = 0.0) -> TrendForecast | None:
         """P(the path is beyond `threshold` within `horizon_seconds` of now, `lag_seconds` after the last sample)."""

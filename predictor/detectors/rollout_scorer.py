@@ -4,7 +4,8 @@ The engine calls `assess` once per rollout, metric and tick. Per (Deployment, re
 keeps a damped-trend forecaster and a few recent samples, and feeds them only the samples it has not seen yet, so
 a tick costs the same whatever the age of the rollout. Each assessment reads the tracks once (`Reading`, in
 `detectors/evidence_reading`) and asks the named pieces of evidence in `detectors/evidence` (a breach now, new pods
-against old pods, recurring events, local trends; and a trained isolation forest's verdict): the strongest wins.
+against old pods, recurring events, pod states, local trends; and a trained isolation forest's verdict): the
+strongest wins.
 
 Evidence that old pods share (a traffic surge, a slow dependency) is capped at SHARED_CAUSE_RISK_CAP: the release
 is not its cause. Once no old pod is left (the bake after completion), a breach or forecast counts unless the
@@ -31,6 +32,7 @@ from predictor.detectors.evidence import (
     Evidence,
     gather,
     quiet_forecast,
+    still_building,
     strongest,
 )
 from predictor.detectors.evidence_reading import (
@@ -211,6 +213,7 @@ class ForecastScorer:
                 notes.append(forest_note)
         note = f" ({'; '.join(notes)})" if notes else ""
         best = strongest(evidence)
+        base["building"] = still_building(reading)
         if best is None:
             return Assessment(
                 **base, risk=0.0, value=value,
@@ -219,7 +222,7 @@ class ForecastScorer:
                 forecast=forecast_band(reading),
             )
         return Assessment(**base, risk=round(best.risk, 4), value=value, predicted_breach=best.breach_at,
-                          reason=best.reason + note, forecast=forecast_band(reading))
+                          reason=best.reason + note, decisive=best.decisive, forecast=forecast_band(reading))
 
     def read(
         self, rollout: RolloutState, spec: MetricSpec, history: MetricHistory, now: float, horizon_seconds: float
@@ -374,7 +377,7 @@ class ForecastScorer:
                 if SHARED_CAUSE_RISK_CAP < e.risk < 1.0:
                     boosted = e.risk + (1.0 - e.risk) * self.forest_weight * score
                     combined[i] = Evidence(boosted, e.breach_at, f"{e.reason}; corroborated by the isolation "
-                                            f"forest ({score:.2f})")
+                                           f"forest ({score:.2f})", decisive=e.decisive)
         combined.append(Evidence(self.forest_risk_cap, None,
                                   f"{spec.name}: joint metrics unusual for a healthy rollout (isolation forest "
                                   f"{score:.2f} >= {self.forest.threshold_:.2f}; {spec.name} deviates "
