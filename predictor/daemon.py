@@ -236,7 +236,8 @@ def build_daemon(config: Config) -> Daemon:
                           "environment")
     actuator = KubernetesActuator(api_client, clock=clock, crash_at=crash_at)
     engine = Engine(config, rollouts=rollouts, metrics=metrics, actuator=actuator,
-                    notifier=notifier, scorer=scorer, may_act=leader.is_leader if leader is not None else lambda: True)
+                    notifier=notifier, scorer=scorer, may_act=leader.is_leader if leader is not None else lambda: True,
+                    rebuild_history=True)
     # Readiness never depends on leadership: a follower is ready to take over.
     checks = {"prometheus": metrics.is_online, "kubernetes": rollouts.is_online}
     daemon = Daemon(config, engine, readiness_checks=checks, clock=clock, leader=leader,

@@ -31,6 +31,9 @@ from predictor.ports import ActionResult, Actuator, MetricSource, Notifier, Roll
 
 log = logging.getLogger(__name__)
 
+REBUILD_MAX_POINTS = 60
+"""At most this many past ticks are re-read per rollout first seen mid-rollout (a longer lookback is sampled)."""
+
 
 @dataclass(frozen=True)
 class ActionOutcome:
@@ -67,6 +70,7 @@ class Engine:
         notifier: Notifier,
         scorer: Scorer,
         may_act: Callable[[], bool] = lambda: True,
+        rebuild_history: bool = False,
     ) -> None:
         self.config = config
         self.rollouts = rollouts
@@ -79,6 +83,9 @@ class Engine:
         self.history = MetricHistory(config.policy.lookback_seconds)
         self.memory: dict[DeploymentRef, RolloutMemory] = {}
         self._recorded: set[tuple[DeploymentRef, int, str]] = set()
+        self.rebuild_history = rebuild_history
+        """`predictor run`: a rollout first seen after it started gets its history re-read (see `_rebuild`)."""
+        self._seen: set[tuple[DeploymentRef, int]] = set()
         """Actions recorded on Deployments whose Event this process has made sure of (`Actuator.ensure_recorded`)."""
 
     def tick(self, now: float) -> TickReport:
@@ -92,6 +99,7 @@ class Engine:
         watched = [s for s in states if policy_rules.in_scope(s, now, self.config.policy)]
         report.watched = len(watched)
         resolved = self._retire(watched, now)
+        self._rebuild(watched, now)
         self._observe(watched, now, report)
         leader = self.may_act()
         if leader:
@@ -128,6 +136,38 @@ class Engine:
             if kept != revision:
                 self.history.forget(ref, keep_revision=kept)
         return resolved
+
+    def _rebuild(self, watched: Sequence[RolloutState], now: float) -> None:
+        """Re-read the history of rollouts this process first sees after they started (a restart mid-rollout):
+        the same metric queries at past tick times over `lookback`, at most REBUILD_MAX_POINTS of them, so the
+        scorer sees what an uninterrupted daemon saw and a restart costs a tick or two, not a lookback."""
+        if not self.rebuild_history:
+            return
+        current = {(r.ref, r.revision) for r in watched}
+        fresh = [r for r in watched if (r.ref, r.revision) not in self._seen]
+        self._seen = current
+        policy = self.config.policy
+        missed = [r for r in fresh if r.started_at < now - 2 * policy.interval_seconds]
+        if not missed or not self.config.metrics:
+            return
+        earliest = max(now - policy.lookback_seconds, min(r.started_at for r in missed))
+        step = max(policy.interval_seconds, (now - earliest) / REBUILD_MAX_POINTS)
+        times = [earliest + k * step for k in range(int((now - earliest) / step)) if earliest + k * step < now]
+        for at in times:
+            started = [r for r in missed if r.started_at <= at]
+            if not started:
+                continue
+            revisions = {r.ref: r.revision for r in started}
+            for spec in self.config.metrics:
+                try:
+                    observations = self.metrics.fetch(spec, started, at)
+                except Exception as exc:
+                    log.warning("rebuilding history: metric %s at %.0f failed: %s", spec.name, at, exc)
+                    return
+                for ref, revision in revisions.items():
+                    self.history.add(revision, [o for o in observations if o.ref == ref])
+        log.info("rebuilt %d rollout(s)' history from %d past tick(s) over %.0fs: %s", len(missed), len(times),
+                 now - earliest, ", ".join(f"{r.ref} rev {r.revision}" for r in missed))
 
     def _observe(self, watched: Sequence[RolloutState], now: float, report: TickReport) -> None:
         if not watched:

@@ -172,3 +172,28 @@ def test_a_pause_escalates_to_one_undo_when_the_risk_becomes_sure() -> None:
     assert on_release == [(15.0, Action.PAUSE), (60.0, Action.UNDO)]
     assert "undo (escalated: paused 45s ago" in cluster.actions[1][1].reason
     assert sim.undone_at == START + 60.0
+
+
+def _acted_at(kind: str, restart_at: float | None, rebuild: bool) -> float:
+    """When the engine acted on a `kind` rollout; restarted (a new Engine, empty memory) at `restart_at`."""
+    cluster = SimulatedCluster([SimulatedRollout(DeploymentRef("shop", "checkout"), kind, START, seed=3)])
+    engine = engine_for(cluster)
+    for i in range(15 * 4 + 1):
+        now = START + i * 15.0
+        if restart_at is not None and now >= restart_at:
+            engine, restart_at = engine_for(cluster, rebuild_history=rebuild), None
+        engine.tick(now)
+        if cluster.actions:
+            return cluster.actions[0][0]
+    raise AssertionError("never acted")
+
+
+@pytest.mark.parametrize("kind", ["memory_leak", "cpu_saturation"])
+def test_a_restart_mid_rollout_rebuilds_the_history_and_acts_when_an_uninterrupted_engine_would(kind: str) -> None:
+    steady = _acted_at(kind, None, rebuild=False)
+    restart = steady - 30.0  # two ticks before the uninterrupted engine acted: a slow release, history matters
+    rebuilt = _acted_at(kind, restart, rebuild=True)
+    forgotten = _acted_at(kind, restart, rebuild=False)
+    assert rebuilt - steady <= 15.0, f"rebuilt: acted {rebuilt - steady:.0f}s after the uninterrupted engine"
+    assert forgotten - steady >= 60.0, (
+        f"without the rebuild it acts {forgotten - steady:.0f}s late: the test shows nothing")
