@@ -65,7 +65,7 @@ def alert_payload(
     labels = {
         "alertname": alert.name,
         "namespace": alert.ref.namespace,
-        "deployment": alert.ref.name,
+        alert.ref.kind: alert.ref.name,  # `deployment`, or `service` for a Swarm service
         "revision": str(alert.revision),
         "severity": alert.severity,
         "metric": alert.metric,

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from predictor import __version__
-from predictor.config import ConfigError, PolicyConfig, load_config, parse_time, read_duration
+from predictor.config import ConfigError, PolicyConfig, load_config, parse_time, read_duration, url_problem
 
 EXIT_FAILURE = 1
 """The work could not be done (Prometheus unreachable, no data): worth retrying as is."""
@@ -45,6 +45,13 @@ def _positive_duration(text: str) -> float:
         return read_duration(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"{exc}, got {text!r}") from None
+
+
+def _base_url(text: str) -> str:
+    problem = url_problem(text, "/api/v1/rollouts")
+    if problem:
+        raise argparse.ArgumentTypeError(f"{problem}, got {text!r}")
+    return text
 
 
 def _number(kind: type, low: float, what: str) -> Callable[[str], float]:
@@ -113,6 +120,18 @@ def _parser(now: float | None = None) -> argparse.ArgumentParser:
                       help="wall seconds per simulated tick (default 0.04; 0: no waiting)")
     demo.add_argument("--seed", type=int, default=7, help="seed of the simulated data (default 7)")
 
+    status = command("status", "the daemon's rollouts as a table, read from its status API",
+                     "One line per watched rollout: revision, phase, progress, risk, the metric at risk, the predicted "
+                     "breach and the last action (`-o wide`: one line per metric with its values). Exit status 1 when "
+                     "the API cannot be read.")
+    status.add_argument("--url", default="http://127.0.0.1:8080", type=_base_url,
+                        help="the daemon's HTTP address (default http://127.0.0.1:8080, as `kubectl port-forward` "
+                        "gives it)")
+    status.add_argument("--watch", nargs="?", const=2.0, default=None, type=_positive_duration, metavar="DURATION",
+                        help="print again every DURATION (default 2s) until interrupted")
+    status.add_argument("-o", "--output", choices=["table", "wide", "json"], default="table",
+                        help="table (default), wide (one line per metric) or json (the API's answer)")
+
     train = command("train", "retrain the models on Prometheus history; promoted only if not worse",
                     "Exit status 1 when Prometheus is unreachable (the CronJob retries), 2 when the data or the "
                     "configuration cannot make a model.")
@@ -180,6 +199,17 @@ def _dispatch(args: argparse.Namespace, now: float) -> int:
 
         logging.basicConfig(level=logging.ERROR)
         run_demo(config=demo_config(Action(args.action)), seed=args.seed, realtime_factor=args.speed)
+        return 0
+    if args.command == "status":
+        from predictor.status.client import StatusError, run_status
+
+        try:
+            run_status(args.url, output=args.output, watch_seconds=args.watch)
+        except StatusError as exc:
+            print(f"predictor status: {exc}", file=sys.stderr)
+            return EXIT_FAILURE
+        except KeyboardInterrupt:
+            return 0
         return 0
     if args.command == "nab":
         from predictor.nab import NabInputError, run_nab
@@ -256,7 +286,8 @@ def _check_config(path: Path, *, offline: bool) -> int:
         checked = (f"queries not checked: {queries.unreachable}" if queries.unreachable else
                    f"Prometheus at {config.prometheus.url} accepts all {queries.accepted} queries")
     policy = config.policy
-    print(f"{path}: ok: {len(config.targets)} target(s), {len(config.metrics)} metric(s), action {policy.action}"
+    targets = len(config.targets) or len(config.swarm_targets)
+    print(f"{path}: ok: {targets} target(s), {len(config.metrics)} metric(s), action {policy.action}"
           f"{' (dry run)' if policy.dry_run else ''}; {checked}")
     return 0
 

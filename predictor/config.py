@@ -14,7 +14,7 @@ import math
 import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,13 @@ import yaml
 from predictor.domain import Action, Direction
 
 PLACEHOLDERS = ("namespace", "deployment", "pods")
+WORKLOAD_KINDS = ("Deployment", "Rollout")
+"""What a Kubernetes target watches: Deployments, or Argo Rollouts (their pods are named the same way)."""
+SWARM_PLACEHOLDERS = ("service", "tasks")
+"""A Swarm target's queries select tasks: `{service}` (a regex of the service names) and `{tasks}` (of the task
+names `<service>.<slot>.<task id>` in scope)."""
+DEFAULT_TASK_LABEL = "container_label_com_docker_swarm_task_name"
+"""The label that carries a Swarm task's name on per-task series (cAdvisor's spelling of the container label)."""
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w|y)")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0, "y": 31536000.0}
 """PromQL's duration units (a year is 365 days there)."""
@@ -109,6 +116,37 @@ class Target:
     namespace: str
     selector: str = ""
     names: tuple[str, ...] = ()
+    kind: str = "Deployment"
+    """Deployment, or Rollout (Argo Rollouts' argoproj.io/v1alpha1 kind)."""
+
+
+@dataclass(frozen=True)
+class DockerTLSConfig:
+    """TLS for a Docker Engine on TCP (`tcp://host:2376`): the CA and the client certificate Docker asks for."""
+
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    verify_tls: bool = True
+
+
+@dataclass(frozen=True)
+class DockerConfig:
+    host: str | None = None
+    """None: `DOCKER_HOST`, else unix:///var/run/docker.sock (where it is resolved: `rollouts/swarm`)."""
+    tls: DockerTLSConfig | None = None
+    """None: no TLS (a unix socket, or plain TCP)."""
+    timeout_seconds: float = 10.0
+
+
+@dataclass(frozen=True)
+class SwarmTarget:
+    """Docker Swarm services to watch: one by name, or all that carry a label (`key=value` or `key`)."""
+
+    service: str | None = None
+    label: str | None = None
+    task_label: str = DEFAULT_TASK_LABEL
+    """The label of the per-task series that holds the task name."""
 
 
 @dataclass(frozen=True)
@@ -131,6 +169,9 @@ class MetricSpec:
     min_denominator: float = 0.0
     """Below this summed denominator (e.g. requests per second) the scope's value is unknown: too little traffic."""
     unit: str = ""
+    limit: str | None = None
+    """Swarm only, set by its built-in pack: each task's value is divided by the service's `Resources.Limits`
+    (`memory`: MemoryBytes, `cpu`: NanoCPUs in cores)."""
 
     def breached(self, value: float) -> bool:
         return value >= self.threshold if self.direction is Direction.ABOVE else value <= self.threshold
@@ -175,6 +216,19 @@ class LoggingConfig:
     level: str = "INFO"
 
 
+@dataclass(frozen=True)
+class SafetyConfig:
+    """Limits on what the daemon may do whatever the policy decides (`predictor.safety` applies them)."""
+
+    budget_actions: int = 3
+    """At most this many pauses and undos across everything watched within `budget_seconds`; beyond, alerts only."""
+    budget_seconds: float = 600.0
+    kill_switch_configmap: str = "predictor-kill-switch"
+    """ConfigMap read every tick: its key `stop: "true"` turns every pause and undo into an alert."""
+    kill_switch_namespace: str | None = None
+    """Where that ConfigMap lives; None: the daemon's own namespace ($POD_NAMESPACE)."""
+
+
 SCORERS = ("forecast", "trend")
 
 
@@ -196,10 +250,15 @@ class Config:
     kubernetes: KubernetesConfig = field(default_factory=KubernetesConfig)
     targets: tuple[Target, ...] = ()
     metrics: tuple[MetricSpec, ...] = ()
+    docker: DockerConfig = field(default_factory=DockerConfig)
+    swarm_targets: tuple[SwarmTarget, ...] = ()
+    """Swarm services to watch (`- swarm: {...}` items of `targets`); a config watches one host, so with these
+    `targets` is empty."""
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     models: ModelsConfig = field(default_factory=ModelsConfig)
+    safety: SafetyConfig = field(default_factory=SafetyConfig)
 
     def metric(self, name: str) -> MetricSpec:
         for spec in self.metrics:
@@ -257,6 +316,44 @@ def default_metric_pack() -> tuple[MetricSpec, ...]:
             query=f"sum by (namespace, pod) (increase(kube_pod_container_status_restarts_total{{{sel}}}[5m]))",
             threshold=3.0,
             unit="restarts",
+        ),
+    )
+
+
+def swarm_metric_pack(task_label: str = DEFAULT_TASK_LABEL) -> tuple[MetricSpec, ...]:
+    """The default pack for Swarm services: the same SLOs per task, the task named by `task_label`; memory and CPU
+    against the service spec's `Resources.Limits` (Swarm has no restart counter series: no restarts metric)."""
+    sel = f'{task_label}=~"{{tasks}}"'
+    by = f"sum by ({task_label})"
+    return (
+        MetricSpec(
+            name="error_ratio",
+            query=f'{by} (rate(http_requests_total{{{sel}, code=~"5.."}}[1m]))',
+            denominator=f"{by} (rate(http_requests_total{{{sel}}}[1m]))",
+            threshold=0.05,
+            min_denominator=0.1,
+            unit="ratio",
+        ),
+        MetricSpec(
+            name="latency_p99",
+            query=f"sum by ({task_label}, le) (rate(http_request_duration_seconds_bucket{{{sel}}}[1m]))",
+            quantile=0.99,
+            threshold=0.5,
+            unit="seconds",
+        ),
+        MetricSpec(
+            name="memory_limit_ratio",
+            query=f"max by ({task_label}) (container_memory_working_set_bytes{{{sel}}})",
+            threshold=0.9,
+            unit="ratio",
+            limit="memory",
+        ),
+        MetricSpec(
+            name="cpu_limit_ratio",
+            query=f"{by} (rate(container_cpu_usage_seconds_total{{{sel}}}[1m]))",
+            threshold=0.9,
+            unit="ratio",
+            limit="cpu",
         ),
     )
 
@@ -582,8 +679,10 @@ def _read_targets(raw: Any, reader: _Reader) -> tuple[Target, ...]:
         reader.error("targets", "expected a non-empty list of {namespace, selector, names}", raw)
         return ()
     targets = []
-    seen: dict[tuple[str, str, tuple[str, ...]], int] = {}
-    for i, path, item in reader.items(raw, "targets", ("namespace", "selector", "names")):
+    seen: dict[tuple[str, str, tuple[str, ...], str], int] = {}
+    for i, path, item in reader.items(raw, "targets", ("namespace", "selector", "names", "kind", "swarm")):
+        if "swarm" in item:
+            continue  # read by _read_swarm_targets
         if "namespace" not in item:
             reader.error(f"{path}.namespace", "required: the namespace to watch")
             continue
@@ -599,15 +698,119 @@ def _read_targets(raw: Any, reader: _Reader) -> tuple[Target, ...]:
         before = len(reader.errors)
         selector = _read_selector(item, path, reader)
         names = _read_names(item, path, reader)
-        identity = (namespace, selector, tuple(sorted(names)))
+        kind = reader.choice(item, "kind", path, "Deployment", WORKLOAD_KINDS)
+        identity = (namespace, selector, tuple(sorted(names)), kind)
         if len(reader.errors) > before:
             continue
         if identity in seen:
             reader.error(path, f"expected each target once, but it repeats targets[{seen[identity]}]", dict(item))
             continue
         seen[identity] = i
-        targets.append(Target(namespace=namespace, selector=selector, names=names))
+        targets.append(Target(namespace=namespace, selector=selector, names=names, kind=kind))
     return tuple(targets)
+
+
+_SWARM_SERVICE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+_SWARM_LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_./-]*(=.*)?$")
+_PROMETHEUS_LABEL = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+_SWARM_KEYS = ("service", "label", "task_label")
+
+
+def _read_swarm_targets(raw: Any, reader: _Reader) -> tuple[SwarmTarget, ...]:
+    """The `- swarm: {service: NAME}` / `- swarm: {label: "key=value"}` items of `targets` (errors in the others
+    are `_read_targets`'). A config watches one host: Swarm items beside Kubernetes ones are refused."""
+    if not isinstance(raw, list):
+        return ()
+    kubernetes = [i for i, item in enumerate(raw) if isinstance(item, Mapping) and "swarm" not in item]
+    targets: list[SwarmTarget] = []
+    seen: dict[SwarmTarget, int] = {}
+    for i, item in enumerate(raw):
+        if not isinstance(item, Mapping) or "swarm" not in item:
+            continue
+        path = f"targets[{i}]"
+        if kubernetes:
+            reader.error(path, f"expected targets of one host, but targets[{kubernetes[0]}] is a Kubernetes "
+                         "namespace and this a Swarm service (run one predictor per host)", dict(item))
+            continue
+        if len(item) > 1:
+            others = ", ".join(str(k) for k in item if k != "swarm")
+            reader.error(path, f"expected only the swarm key in a Swarm target (not {others})", dict(item))
+            continue
+        spec = item["swarm"]
+        where = f"{path}.swarm"
+        if not isinstance(spec, Mapping):
+            reader.error(where, "expected a mapping such as {service: web} or {label: 'team=shop'}", spec)
+            continue
+        before = len(reader.errors)
+        reader.unknown_keys(spec, where, _SWARM_KEYS)
+        service, label = spec.get("service"), spec.get("label")
+        if (service is None) == (label is None):
+            reader.error(where, "expected exactly one of service (a name) or label (key=value)", dict(spec))
+        elif service is not None and (not isinstance(service, str) or not _SWARM_SERVICE.match(service)):
+            reader.error(f"{where}.service", "expected a Swarm service name (letters, digits, '_', '.' and '-', at "
+                         "most 63 characters)", service)
+        elif label is not None and (not isinstance(label, str) or not _SWARM_LABEL.match(label)):
+            reader.error(f"{where}.label", "expected a service label filter such as 'team=shop' or 'team'", label)
+        task_label = spec.get("task_label", DEFAULT_TASK_LABEL)
+        if not isinstance(task_label, str) or not _PROMETHEUS_LABEL.match(task_label):
+            reader.error(f"{where}.task_label", "expected a Prometheus label name such as "
+                         f"{DEFAULT_TASK_LABEL}", task_label)
+        if len(reader.errors) > before:
+            continue
+        target = SwarmTarget(service=service, label=label, task_label=task_label)
+        if target in seen:
+            reader.error(path, f"expected each target once, but it repeats targets[{seen[target]}]", dict(item))
+            continue
+        seen[target] = i
+        targets.append(target)
+    return tuple(targets)
+
+
+_DOCKER_SCHEMES = ("unix", "tcp", "http", "https", "ssh")
+
+
+def _read_docker(raw: Mapping[str, Any], reader: _Reader, swarm: bool) -> DockerConfig:
+    """`docker: {host, ca_file, cert_file, key_file, verify_tls, timeout}`: the Docker Engine of a swarm manager."""
+    if raw and not swarm:
+        reader.error("docker", "expected Swarm targets (- swarm: {service: NAME}) with it (it would be ignored)",
+                     dict(raw))
+    host = reader.string(raw, "host", "docker", None)
+    if host is not None:
+        scheme, _, rest = host.partition("://")
+        if scheme not in _DOCKER_SCHEMES or not rest:
+            reader.error("docker.host", "expected a Docker host such as unix:///var/run/docker.sock or "
+                         "tcp://manager:2376", host)
+            host = None
+    verify = reader.boolean(raw, "verify_tls", "docker", True)
+    files = {key: reader.path(raw, key, "docker", must_exist=True) for key in ("ca_file", "cert_file", "key_file")}
+    if (files["cert_file"] is None) != (files["key_file"] is None):
+        missing = "key_file" if files["key_file"] is None else "cert_file"
+        reader.error(f"docker.{missing}", "required with the other half of the client certificate "
+                     "(cert_file and key_file)")
+    uses_tls = any(files.values()) or "verify_tls" in raw
+    tls = DockerTLSConfig(ca_file=files["ca_file"], cert_file=files["cert_file"], key_file=files["key_file"],
+                          verify_tls=verify) if uses_tls else None
+    return DockerConfig(host=host, tls=tls,
+                        timeout_seconds=reader.duration(raw, "timeout", "docker", 10.0, minimum=MIN_TIMEOUT_SECONDS))
+
+
+def _swarm_policy(policy: PolicyConfig, pol: Mapping[str, Any], reader: _Reader) -> PolicyConfig:
+    """Swarm has no API to pause an update in progress (moby #26159): `undo` or `alert` only, alert by default;
+    and with no pause to grade by confidence, an undo acts at `risk_threshold` (raise it to act more cautiously)."""
+    why = "expected undo or alert with Swarm targets (Swarm has no API to pause an update in progress)"
+    if pol.get("action") == "pause":
+        reader.error("policy.action", why, "pause")
+    if pol.get("blind_action") == "pause":
+        reader.error("policy.blind_action", why.replace("undo or alert", "alert"), "pause")
+    if "undo_threshold" in pol:
+        reader.error("policy.undo_threshold", "expected none with Swarm targets (there is no pause below it: an "
+                     "undo acts at risk_threshold)", pol["undo_threshold"])
+    return replace(
+        policy,
+        action=policy.action if "action" in pol else Action.ALERT,
+        blind_action=Action.ALERT,
+        undo_threshold=policy.risk_threshold,
+    )
 
 
 def _is_dns_label(text: str) -> bool:
@@ -727,7 +930,13 @@ _METRIC_KEYS = (
 )
 
 
-def _read_metrics(raw: Any, reader: _Reader) -> tuple[MetricSpec, ...]:
+def _read_metrics(raw: Any, reader: _Reader, swarm: Sequence[SwarmTarget] = ()) -> tuple[MetricSpec, ...]:
+    if raw is None and swarm:
+        labels = sorted({t.task_label for t in swarm})
+        if len(labels) > 1:
+            reader.error("metrics", "required when Swarm targets name different task_labels (the default pack "
+                         "reads one)", ", ".join(labels))
+        return swarm_metric_pack(labels[0])
     if raw is None:
         return default_metric_pack()
     if not isinstance(raw, list) or not raw:
@@ -743,8 +952,8 @@ def _read_metrics(raw: Any, reader: _Reader) -> tuple[MetricSpec, ...]:
         if name in seen:
             reader.error(f"{path}.name", "expected each metric name once", name)
         seen.add(name)
-        query = _read_template(item, "query", path, reader, required=True)
-        denominator = _read_template(item, "denominator", path, reader, required=False)
+        query = _read_template(item, "query", path, reader, required=True, swarm=bool(swarm))
+        denominator = _read_template(item, "denominator", path, reader, required=False, swarm=bool(swarm))
         direction = Direction(reader.choice(item, "direction", path, "above", [d.value for d in Direction]))
         unit = reader.string(item, "unit", path, "") or ""
         threshold = _read_threshold(item, path, reader, direction, unit)
@@ -790,9 +999,23 @@ def _read_threshold(item: Mapping[str, Any], path: str, reader: _Reader, directi
     else:
         threshold = reader.number(item, "threshold", path, 0.0, minimum=0.0,
                                   hint=" with direction below (no value < 0 can breach)")
-    if len(reader.errors) == before and unit == "ratio" and threshold > 1:
-        reader.error(where, "expected at most 1 with unit ratio (5 % is 0.05)", item["threshold"])
+    if len(reader.errors) == before and (problem := threshold_problem(threshold, direction, unit)):
+        reader.error(where, problem, item["threshold"])
     return threshold
+
+
+def threshold_problem(threshold: float, direction: Direction, unit: str) -> str | None:
+    """Why `threshold` cannot be a metric's SLO threshold (see `_read_threshold`), or None. Also checks the
+    per-Deployment overrides (`predictor.io/threshold.<metric>`)."""
+    if not math.isfinite(threshold):
+        return "expected a finite number"
+    if direction is Direction.ABOVE and threshold <= 0:
+        return "expected a number above 0 with direction above (every value >= 0 would breach)"
+    if direction is Direction.BELOW and threshold < 0:
+        return "expected a number of at least 0 with direction below (no value < 0 can breach)"
+    if unit == "ratio" and threshold > 1:
+        return "expected at most 1 with unit ratio (5 % is 0.05)"
+    return None
 
 
 _BRACED = re.compile(r"\{\{[^{}]*\}\}|\{\s*[A-Za-z_][A-Za-z0-9_.\-]*\s*\}")
@@ -800,35 +1023,45 @@ _BRACED = re.compile(r"\{\{[^{}]*\}\}|\{\s*[A-Za-z_][A-Za-z0-9_.\-]*\s*\}")
 variable as Argo Rollouts, Flagger and Helm write them. PromQL itself never puts a bare word in braces."""
 
 
-def placeholder_problems(template: str) -> list[tuple[str, str]]:
-    """(message, token) for every brace token in `template` that is not exactly {namespace}, {deployment}, {pods}."""
+def placeholder_problems(template: str, placeholders: Sequence[str] = PLACEHOLDERS) -> list[tuple[str, str]]:
+    """(message, token) for every brace token in `template` that is not exactly one of `placeholders` ({namespace},
+    {deployment}, {pods}; a Swarm config's {service}, {tasks})."""
     problems = []
+    names = [f"{{{p}}}" for p in placeholders]
+    listed = f"{', '.join(names[:-1])} or {names[-1]}"
     for match in _BRACED.finditer(template):
         token = match.group(0)
-        if token.strip("{}") in PLACEHOLDERS and token.count("{") == 1:
+        if token.strip("{}") in placeholders and token.count("{") == 1:
             continue
         if token.startswith("{{"):
-            message = ("expected {namespace}, {deployment} or {pods} in single braces (Argo Rollouts', Flagger's "
+            message = (f"expected {listed} in single braces (Argo Rollouts', Flagger's "
                        "and Helm's {{ }} variables are not filled in here)")
         else:
             word = token.strip("{} ")
-            close = difflib.get_close_matches(word.lower(), PLACEHOLDERS, n=1, cutoff=0.6)
+            close = difflib.get_close_matches(word.lower(), placeholders, n=1, cutoff=0.6)
             guess = f" (did you mean {{{close[0]}}}?)" if close else ""
-            message = f"expected exactly {{namespace}}, {{deployment}} or {{pods}}{guess}"
+            message = f"expected exactly {listed}{guess}"
         problems.append((message, token))
     return problems
 
 
-def _read_template(item: Mapping[str, Any], key: str, path: str, reader: _Reader, *, required: bool) -> str | None:
+def _read_template(item: Mapping[str, Any], key: str, path: str, reader: _Reader, *, required: bool,
+                   swarm: bool = False) -> str | None:
     value = reader.string(item, key, path, None)
     where = f"{path}.{key}"
     if not value or not value.strip():
         if required:
-            reader.error(where, "required: a PromQL template with {namespace} and {pods}", item.get(key, _NOTHING))
+            wanted = "{tasks}" if swarm else "{namespace} and {pods}"
+            reader.error(where, f"required: a PromQL template with {wanted}", item.get(key, _NOTHING))
         return None
-    problems = placeholder_problems(value)
+    problems = placeholder_problems(value, SWARM_PLACEHOLDERS if swarm else PLACEHOLDERS)
     for message, token in problems:
         reader.error(where, message, token)
+    if swarm:
+        if not problems and "{tasks}" not in value and "{service}" not in value:
+            reader.error(where, "expected a query that selects tasks with {tasks} (or {service}), so that results "
+                         "split per rollout", value)
+        return value
     if not problems and "{pods}" not in value and "{deployment}" not in value:
         reader.error(where, "expected a query that selects pods with {pods} (or {deployment}), so that results "
                      "split per rollout", value)
@@ -844,7 +1077,7 @@ def parse_config(raw: Any, source: str = "config") -> Config:
         raise ConfigError([f"(top level): expected a mapping of sections, got {show_value(raw)}"], source)
     raw = _expand_env(raw, "", reader)
     top_keys = ("prometheus", "alertmanager", "kubernetes", "targets", "metrics", "policy", "server", "logging",
-                "models")
+                "models", "safety", "docker")
     reader.unknown_keys(raw, "", top_keys)
 
     prom = reader.section(raw, "prometheus", "", ("url", *_TLS_KEYS))
@@ -858,6 +1091,8 @@ def parse_config(raw: Any, source: str = "config") -> Config:
     srv = reader.section(raw, "server", "", ("host", "port"))
     log = reader.section(raw, "logging", "", ("format", "level"))
     mdl = reader.section(raw, "models", "", ("dir", "reload", "scorer"))
+    dock = reader.section(raw, "docker", "", ("host", "ca_file", "cert_file", "key_file", "verify_tls", "timeout"))
+    safety = _read_safety(reader.section(raw, "safety", "", ("budget", "kill_switch")), reader)
 
     if am and not am.get("url"):
         for key in am:
@@ -881,8 +1116,10 @@ def parse_config(raw: Any, source: str = "config") -> Config:
             context=reader.string(kube, "context", "kubernetes", None),
         ),
         targets=_read_targets(raw.get("targets"), reader),
-        metrics=_read_metrics(raw.get("metrics"), reader),
-        policy=_read_policy(pol, reader),
+        swarm_targets=(swarm := _read_swarm_targets(raw.get("targets"), reader)),
+        docker=_read_docker(dock, reader, bool(swarm)),
+        metrics=_read_metrics(raw.get("metrics"), reader, swarm),
+        policy=_swarm_policy(_read_policy(pol, reader), pol, reader) if swarm else _read_policy(pol, reader),
         server=ServerConfig(
             host=_read_host(srv, reader),
             port=int(reader.number(srv, "port", "server", 8080, minimum=0, maximum=65535, integer=True)),
@@ -897,6 +1134,7 @@ def parse_config(raw: Any, source: str = "config") -> Config:
             reload_seconds=reader.duration(mdl, "reload", "models", 3600.0, minimum=1.0),
             scorer=reader.choice(mdl, "scorer", "models", "forecast", SCORERS),
         ),
+        safety=safety,
     )
     if reader.errors:
         raise ConfigError(reader.errors, source)
@@ -939,6 +1177,29 @@ def _read_policy(pol: Mapping[str, Any], reader: _Reader) -> PolicyConfig:
         blind_action=Action(reader.choice(pol, "blind_action", "policy", "alert", ["alert", "pause"])),
         lookback_seconds=lookback,
     )
+
+
+def _read_safety(raw: Mapping[str, Any], reader: _Reader) -> SafetyConfig:
+    budget = reader.section(raw, "budget", "safety", ("actions", "per"))
+    switch = reader.section(raw, "kill_switch", "safety", ("configmap", "namespace"))
+    configmap = reader.string(switch, "configmap", "safety.kill_switch", "predictor-kill-switch")
+    namespace = reader.string(switch, "namespace", "safety.kill_switch", None)
+    if configmap is not None and (len(configmap) > 253 or not _DNS_NAME.match(configmap)):
+        reader.error("safety.kill_switch.configmap", "expected a ConfigMap name (lower case letters, digits, '-' "
+                     "and '.')", configmap)
+    if namespace is not None and (len(namespace) > 63 or not _DNS_LABEL.match(namespace)):
+        reader.error("safety.kill_switch.namespace", "expected a namespace name (lower case letters, digits and "
+                     "'-')", namespace)
+    return SafetyConfig(
+        budget_actions=int(reader.number(budget, "actions", "safety.budget", 3, minimum=1, integer=True)),
+        budget_seconds=reader.duration(budget, "per", "safety.budget", 600.0, minimum=1.0),
+        kill_switch_configmap=configmap or "predictor-kill-switch",
+        kill_switch_namespace=namespace or None,
+    )
+
+
+_DNS_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+"""A DNS subdomain (RFC 1123), as ConfigMap names are."""
 
 
 _HOST_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*\.?$", re.IGNORECASE)

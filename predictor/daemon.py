@@ -11,7 +11,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -23,6 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from predictor.config import Config
 from predictor.engine import Engine
 from predictor.ports import SystemClock
+from predictor.status.routes import status_reply
 from predictor.telemetry import DaemonMetrics
 
 log = logging.getLogger(__name__)
@@ -110,7 +111,7 @@ class Daemon:
             except Exception:
                 results[name] = False
         self.health.prometheus_ok = results.get("prometheus", True)
-        self.health.kubernetes_ok = results.get("kubernetes", True)
+        self.health.kubernetes_ok = results.get("kubernetes", results.get("docker", True))  # the host's API
         self.health.detail = ", ".join(f"{k} {'ok' if v else 'unreachable'}" for k, v in results.items())
 
     def start(self) -> None:
@@ -128,7 +129,8 @@ class Daemon:
             self.leader.start()
         self.scheduler.start()
         log.info("predictor running: %d target(s), %d metric(s), tick every %gs, action %s%s, http on %s:%d",
-                 len(self.config.targets), len(self.config.metrics), interval, self.config.policy.action,
+                 len(self.config.targets) or len(self.config.swarm_targets), len(self.config.metrics), interval,
+                 self.config.policy.action,
                  " (dry run)" if self.config.policy.dry_run else "", self.config.server.host, self.port)
 
     @property
@@ -178,8 +180,10 @@ def serve_http(daemon: Daemon, host: str, port: int) -> ThreadingHTTPServer:
                 self._reply(200 if ok else 503, f"{'ready' if ok else 'not ready'}: {detail}\n".encode())
             elif path == "/metrics":
                 self._reply(200, generate_latest(daemon.metrics.registry), CONTENT_TYPE_LATEST)
+            elif (reply := status_reply(daemon.engine.board, path)) is not None:
+                self._reply(*reply)
             else:
-                self._reply(404, b"not found: try /healthz, /readyz or /metrics\n")
+                self._reply(404, b"not found: try /, /api/v1/rollouts, /healthz, /readyz or /metrics\n")
 
         def _reply(self, status: int, body: bytes, content_type: str = "text/plain; charset=utf-8") -> None:
             self.send_response(status)
@@ -198,12 +202,16 @@ def serve_http(daemon: Daemon, host: str, port: int) -> ThreadingHTTPServer:
 
 
 def build_daemon(config: Config) -> Daemon:
-    """Wire the real adapters: Kubernetes API, Prometheus, Alertmanager, the wall clock."""
+    """Wire the real adapters: Kubernetes API (or a swarm manager's Engine API), Prometheus, Alertmanager, the
+    wall clock."""
+    if config.swarm_targets:
+        return build_swarm_daemon(config)
     from kubernetes import client as kube_client
 
     from predictor.actuators.kubernetes import CRASH_AT_ENV, CRASH_POINTS, KubernetesActuator
     from predictor.alerting import AlertmanagerNotifier, LoggingNotifier
     from predictor.config import ConfigError
+    from predictor.hosts import ActuatorByKind, CombinedRolloutSource
     from predictor.kube import KubeConfigError, build_api_client
     from predictor.leader import LeaderElectionConfig, LeaderElectionConfigError, LeaderElector
     from predictor.rollouts.kubernetes import KubernetesRolloutSource
@@ -218,7 +226,21 @@ def build_daemon(config: Config) -> Daemon:
         api_client = build_api_client(config.kubernetes)
     except KubeConfigError as exc:
         raise ConfigError([str(exc)], "kubernetes credentials") from exc
-    rollouts = KubernetesRolloutSource(api_client, config.targets)
+    deployment_targets = [t for t in config.targets if t.kind == "Deployment"]
+    rollout_targets = [t for t in config.targets if t.kind == "Rollout"]
+    sources: list[Any] = [KubernetesRolloutSource(api_client, deployment_targets)] if deployment_targets else []
+    crash_at = os.environ.get(CRASH_AT_ENV) or None  # a test hook, read once (predictor/actuators/kubernetes.py)
+    if crash_at is not None and crash_at not in CRASH_POINTS:
+        raise ConfigError([f"{CRASH_AT_ENV}: expected one of {', '.join(CRASH_POINTS)}, got {crash_at!r}"],
+                          "environment")
+    actuators: dict[str, Any] = {"deployment": KubernetesActuator(api_client, clock=SystemClock(), crash_at=crash_at)}
+    if rollout_targets:  # Argo Rollouts beside (or instead of) Deployments
+        from predictor.actuators.argo import ArgoActuator
+        from predictor.rollouts.argo import ArgoRolloutSource
+
+        sources.append(ArgoRolloutSource(api_client, rollout_targets))
+        actuators["rollout"] = ArgoActuator(api_client, clock=SystemClock())
+    rollouts = sources[0] if len(sources) == 1 else CombinedRolloutSource(sources)
     metrics = PrometheusMetricSource(config.prometheus)
     clock = SystemClock()
     notifier: Any
@@ -230,17 +252,54 @@ def build_daemon(config: Config) -> Daemon:
     if election is not None:
         leader = LeaderElector(kube_client.CoordinationV1Api(api_client), election, clock=clock)
     scorer, artifact = build_scorer(config, scorer=config.models.scorer)
-    crash_at = os.environ.get(CRASH_AT_ENV) or None  # a test hook, read once (predictor/actuators/kubernetes.py)
-    if crash_at is not None and crash_at not in CRASH_POINTS:
-        raise ConfigError([f"{CRASH_AT_ENV}: expected one of {', '.join(CRASH_POINTS)}, got {crash_at!r}"],
-                          "environment")
-    actuator = KubernetesActuator(api_client, clock=clock, crash_at=crash_at)
-    engine = Engine(config, rollouts=rollouts, metrics=metrics, actuator=actuator,
+    engine = Engine(config, rollouts=rollouts, metrics=metrics, actuator=ActuatorByKind(actuators),
                     notifier=notifier, scorer=scorer, may_act=leader.is_leader if leader is not None else lambda: True,
-                    rebuild_history=True)
+                    kill_switch=build_kill_switch(config, api_client), rebuild_history=True)
     # Readiness never depends on leadership: a follower is ready to take over.
     checks = {"prometheus": metrics.is_online, "kubernetes": rollouts.is_online}
     daemon = Daemon(config, engine, readiness_checks=checks, clock=clock, leader=leader,
                     on_stop=[rollouts.close, notifier.close])
     daemon.set_model(artifact)
     return daemon
+
+
+def build_swarm_daemon(config: Config) -> Daemon:
+    """Wire the Docker Swarm adapters (`rollouts/swarm`, `sources/swarm`, `actuators/swarm`) around the same
+    engine: one predictor per swarm, no leader election (run one replica)."""
+    from predictor.actuators.swarm import SwarmActuator
+    from predictor.alerting import AlertmanagerNotifier, LoggingNotifier
+    from predictor.rollouts.swarm import SwarmRolloutSource, build_docker_client
+    from predictor.scoring import build_scorer
+    from predictor.sources.swarm import SwarmMetricSource
+
+    api = build_docker_client(config.docker)
+    rollouts = SwarmRolloutSource(api, config.swarm_targets)
+    metrics = SwarmMetricSource(config.prometheus, task_label=rollouts.task_label, limits=rollouts.limits)
+    clock = SystemClock()
+    notifier: Any
+    if config.alertmanager.url:
+        notifier = AlertmanagerNotifier(config.alertmanager, resend_seconds=config.policy.interval_seconds, clock=clock)
+    else:
+        notifier = LoggingNotifier()
+    scorer, artifact = build_scorer(config, scorer=config.models.scorer)
+    engine = Engine(config, rollouts=rollouts, metrics=metrics, actuator=SwarmActuator(api, clock=clock),
+                    notifier=notifier, scorer=scorer)
+    checks = {"prometheus": metrics.is_online, "docker": rollouts.is_online}
+    daemon = Daemon(config, engine, readiness_checks=checks, clock=clock, on_stop=[rollouts.close, notifier.close])
+    daemon.set_model(artifact)
+    return daemon
+
+
+def build_kill_switch(config: Config, api_client: Any, environ: Mapping[str, str] | None = None) -> Any:
+    """The ConfigMap kill switch in `safety.kill_switch.namespace`, or the daemon's own namespace; None (with a
+    WARNING) when neither is known, as when run outside a pod without the setting."""
+    from predictor.kill_switch import ConfigMapKillSwitch
+    from predictor.leader import ENV_POD_NAMESPACE
+
+    env = os.environ if environ is None else environ
+    namespace = config.safety.kill_switch_namespace or env.get(ENV_POD_NAMESPACE)
+    if not namespace:
+        log.warning("no kill switch: set safety.kill_switch.namespace (or %s) to read ConfigMap %s",
+                    ENV_POD_NAMESPACE, config.safety.kill_switch_configmap)
+        return None
+    return ConfigMapKillSwitch(api_client, namespace, config.safety.kill_switch_configmap)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import enum
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -21,6 +22,12 @@ ANNOTATION_PREDICTED_BREACH = ANNOTATION_PREFIX + "predicted-breach"
 ANNOTATION_DRY_RUN = ANNOTATION_PREFIX + "dry-run"
 ANNOTATION_METRIC = ANNOTATION_PREFIX + "metric"
 """The metric whose predicted breach led to the action: the `metric` label of its alert, re-derived after a restart."""
+ANNOTATION_ENABLED = ANNOTATION_PREFIX + "enabled"
+"""Set by users: "false" opts a Deployment out (see `predictor.safety`)."""
+ANNOTATION_POLICY_ACTION = ANNOTATION_PREFIX + "policy.action"
+"""Set by users: this Deployment's `policy.action` (pause, undo or alert)."""
+ANNOTATION_THRESHOLD_PREFIX = ANNOTATION_PREFIX + "threshold."
+"""Set by users: `predictor.io/threshold.<metric>` is this Deployment's threshold of that metric."""
 REVISION_ANNOTATION = "deployment.kubernetes.io/revision"
 POD_TEMPLATE_HASH_LABEL = "pod-template-hash"
 
@@ -54,8 +61,12 @@ ACTION_SEVERITY: Mapping[Action, int] = {Action.NONE: 0, Action.ALERT: 1, Action
 
 @dataclass(frozen=True, order=True)
 class DeploymentRef:
+    """The workload a rollout belongs to. `kind` names it in alerts' labels: `deployment` (Kubernetes), `service`
+    (a Docker Swarm service, whose namespace is its stack's, empty outside a stack), `rollout` (Argo Rollouts)."""
+
     namespace: str
     name: str
+    kind: str = "deployment"
 
     def __str__(self) -> str:
         return f"{self.namespace}/{self.name}"
@@ -107,6 +118,9 @@ class RolloutState:
     annotations: Mapping[str, str] = field(default_factory=dict)
     pods: tuple[PodState, ...] = ()
     """The pods of the new and old ReplicaSets, known by their labels; empty when the source cannot tell."""
+    ready_allowance_seconds: float | None = None
+    """How long a new pod may take to become ready, from the pod template (`minReadySeconds` and the probes'
+    delays and failure thresholds); None when the source cannot tell."""
 
     @property
     def progress(self) -> float:
@@ -158,6 +172,20 @@ class Observation:
 
 
 @dataclass(frozen=True)
+class ForecastBand:
+    """Where a scorer forecasts one scope of a metric: from `level` at `start` to `mean` at `until`, with the 95 %
+    band `low`..`high` there (what the status page draws)."""
+
+    scope: Scope
+    start: float
+    level: float
+    until: float
+    mean: float
+    low: float
+    high: float
+
+
+@dataclass(frozen=True)
 class Assessment:
     """A scorer's view of one metric of one rollout: a risk in 0..1 and why."""
 
@@ -171,6 +199,8 @@ class Assessment:
     unknown: bool = False
     """No usable data this tick: the scorer abstained."""
     reason: str = ""
+    forecast: ForecastBand | None = None
+    """The forecast behind the risk, where the scorer has one (the forecast scorer's local trend)."""
 
 
 @dataclass(frozen=True)
@@ -210,3 +240,26 @@ class Decision:
     """Alerts that are active after this decision (re-sent every tick while active)."""
     resolved: tuple[Alert, ...] = ()
     """Alerts that stopped being active with this decision."""
+
+
+@dataclass(frozen=True)
+class DryRunRecord:
+    """What a dry run would have done, as `predictor.io/dry-run` records it on the Deployment: a restarted daemon
+    reads it back, so it repeats no Event, and the action budget counts it."""
+
+    action: Action
+    revision: int
+    at: str
+    """RFC 3339 UTC, as written."""
+
+    def __str__(self) -> str:
+        return f"would {self.action.value} revision {self.revision} at {self.at}"
+
+
+_DRY_RUN_RECORD = re.compile(r"would (alert|pause|undo) revision (\d{1,18}) at (\S+)")
+
+
+def parse_dry_run_record(text: str | None) -> DryRunRecord | None:
+    """The record `str(DryRunRecord)` wrote, or None (absent, or "true"/"false" as a live action writes)."""
+    match = _DRY_RUN_RECORD.fullmatch(text.strip()) if text else None
+    return DryRunRecord(Action(match.group(1)), int(match.group(2)), match.group(3)) if match else None

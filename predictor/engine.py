@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from predictor import policy as policy_rules
+from predictor import safety
 from predictor.config import Config, MetricSpec
 from predictor.detectors.base import Scorer
 from predictor.domain import (
@@ -27,7 +28,8 @@ from predictor.domain import (
 )
 from predictor.features import MetricHistory
 from predictor.policy import RolloutMemory
-from predictor.ports import ActionResult, Actuator, MetricSource, Notifier, RolloutSource
+from predictor.ports import ActionResult, Actuator, KillSwitch, MetricSource, Notifier, RolloutSource
+from predictor.status.board import StatusBoard
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,11 @@ class TickReport:
     actions: list[ActionOutcome] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     blind: int = 0
+    kill_switch: bool = False
+    budget_spent: int = 0
+    """Pauses and undos within the action budget's window after this tick."""
+    withheld: list[tuple[Decision, str]] = field(default_factory=list)
+    """Pauses and undos the safety limits turned into alerts, newly this tick (decision, why)."""
 
 
 class Engine:
@@ -70,6 +77,8 @@ class Engine:
         notifier: Notifier,
         scorer: Scorer,
         may_act: Callable[[], bool] = lambda: True,
+        kill_switch: KillSwitch | None = None,
+        board: StatusBoard | None = None,
         rebuild_history: bool = False,
     ) -> None:
         self.config = config
@@ -80,13 +89,20 @@ class Engine:
         self.scorer = scorer
         self.may_act = may_act
         """False on a follower under leader election: it scores but neither acts nor alerts."""
+        self.kill_switch = kill_switch
         self.history = MetricHistory(config.policy.lookback_seconds)
         self.memory: dict[DeploymentRef, RolloutMemory] = {}
         self._recorded: set[tuple[DeploymentRef, int, str]] = set()
+        """Actions recorded on Deployments whose Event this process has made sure of (`ensure_recorded`)."""
         self.rebuild_history = rebuild_history
         """`predictor run`: a rollout first seen after it started gets its history re-read (see `_rebuild`)."""
         self._seen: set[tuple[DeploymentRef, int]] = set()
-        """Actions recorded on Deployments whose Event this process has made sure of (`Actuator.ensure_recorded`)."""
+        self._own_actions: list[safety.SpentAction] = []
+        """Pauses and undos this process carried out (the watch cache may not show their records yet)."""
+        self._reported: set[object] = set()
+        """Ignored annotations and withheld actions already logged at WARNING: once each, not every tick."""
+        self.board = board if board is not None else StatusBoard()
+        """What the status API, pages and reports show: recent values, forecasts and decisions per rollout."""
 
     def tick(self, now: float) -> TickReport:
         report = TickReport(time=now)
@@ -96,8 +112,10 @@ class Engine:
             report.errors.append(f"listing rollouts failed: {exc}")
             log.error("tick skipped: listing rollouts failed: %s", exc)
             return report
-        watched = [s for s in states if policy_rules.in_scope(s, now, self.config.policy)]
+        report.kill_switch = self.kill_switch.engaged() if self.kill_switch is not None else False
+        watched = [s for s in states if policy_rules.in_scope(s, now, self.config.policy) and not self._opted_out(s)]
         report.watched = len(watched)
+        self.board.begin_tick(now, watched)
         resolved = self._retire(watched, now)
         self._rebuild(watched, now)
         self._observe(watched, now, report)
@@ -108,7 +126,8 @@ class Engine:
             decision = self._decide(rollout, now, report)
             resolved.extend(decision.resolved)
             if decision.action is not Action.NONE:
-                self._act(decision, rollout, leader, report)
+                self._act(decision, rollout, leader, states, report)
+        report.budget_spent = len(self._spent(states, now))
         report.blind = sum(1 for m in self.memory.values() if m.blind_alert is not None)
         if leader:
             firing = [alert for memory in self.memory.values() for alert in memory.alerts]
@@ -181,6 +200,7 @@ class Engine:
             for ref, items in by_ref.items():
                 if ref in revisions:
                     self.history.add(revisions[ref], items)
+                    self.board.observe(ref, revisions[ref], spec, items)
 
     def _fetch(
         self, spec: MetricSpec, watched: Sequence[RolloutState], now: float, report: TickReport
@@ -196,13 +216,34 @@ class Engine:
         report.query_outcomes.append((spec.name, outcome))
         return observations
 
+    def _opted_out(self, rollout: RolloutState) -> bool:
+        found = safety.opted_out(rollout)
+        if isinstance(found, safety.AnnotationProblem):
+            self._warn_once(found, str(found))
+            return False
+        if found:
+            self._warn_once(("opted out", rollout.ref), f"deployment {rollout.ref}: not watched "
+                            f"(annotation predictor.io/enabled: \"false\")", level=logging.INFO)
+        return found
+
+    def _warn_once(self, key: object, message: str, level: int = logging.WARNING) -> None:
+        if key in self._reported:
+            log.debug("%s", message)
+            return
+        self._reported.add(key)
+        log.log(level, "%s", message)
+
     def _decide(self, rollout: RolloutState, now: float, report: TickReport) -> Decision:
-        assessments = [self._assess(rollout, spec, now) for spec in self.config.metrics]
+        chosen = safety.overrides(rollout, self.config.policy, self.config.metrics)
+        for problem in chosen.problems:
+            self._warn_once(problem, str(problem))
+        assessments = [self._assess(rollout, spec, now) for spec in chosen.metrics]
         report.assessments[rollout.ref] = assessments
         previous = self.memory.get(rollout.ref)
-        memory, decision = policy_rules.decide(previous, rollout, assessments, now, self.config.policy)
+        memory, decision = policy_rules.decide(previous, rollout, assessments, now, chosen.policy)
         self.memory[rollout.ref] = memory
         report.decisions.append(decision)
+        self.board.assessed(rollout, assessments, decision, str(memory.phase))
         changed = previous is None or previous.phase is not memory.phase or decision.action is not Action.NONE
         level = logging.INFO if changed else logging.DEBUG
         log.log(level, "decision %s rev %d: %s (phase %s) %s", rollout.ref, rollout.revision, decision.action,
@@ -217,10 +258,28 @@ class Engine:
             return Assessment(metric=spec.name, risk=0.0, value=None, threshold=spec.threshold,
                               direction=spec.direction, unknown=True, reason=f"{spec.name}: scorer failed: {exc}")
 
-    def _act(self, decision: Decision, rollout: RolloutState, leader: bool, report: TickReport) -> None:
+    def _spent(self, states: Sequence[RolloutState], now: float) -> list[safety.SpentAction]:
+        window = self.config.safety.budget_seconds
+        self._own_actions = [a for a in self._own_actions if now - window < a.at]
+        return safety.spent_within([*safety.recorded_actions(states), *self._own_actions], now, window)
+
+    def _act(self, decision: Decision, rollout: RolloutState, leader: bool, states: Sequence[RolloutState],
+             report: TickReport) -> None:
         if not leader:
             self.memory[rollout.ref] = policy_rules.not_applied(self.memory[rollout.ref])
             log.info("follower: not acting on %s (%s); the leader does", rollout.ref, decision.action)
+            self.board.outcome(decision, "not applied (follower)")
+            return
+        why = safety.withheld_because(decision, report.kill_switch, self._spent(states, decision.time),
+                                      self.config.safety)
+        if why is not None:
+            self.memory[rollout.ref] = safety.withhold(self.memory[rollout.ref], decision, why)
+            key = ("withheld", rollout.ref, rollout.revision, decision.action, why.split(" (")[0])
+            if key not in self._reported:
+                report.withheld.append((decision, why))
+            self._warn_once(key, f"{rollout.ref} revision {rollout.revision}: "
+                            f"{safety.withheld_reason(decision, why)}; {decision.reason}")
+            self.board.outcome(decision, f"withheld: {why}")
             return
         try:
             result = self.actuator.apply(decision, rollout)
@@ -229,13 +288,21 @@ class Engine:
             report.actions.append(ActionOutcome(decision, None, str(exc)))
             report.errors.append(f"{decision.action} {rollout.ref}: {exc}")
             log.error("%s of %s failed, will retry next tick: %s", decision.action, rollout.ref, exc)
+            self.board.outcome(decision, f"failed: {exc}")
             return
         report.actions.append(ActionOutcome(decision, result))
+        if decision.action in safety.LIMITED and (result.applied or decision.dry_run):
+            self._own_actions.append(safety.SpentAction(rollout.ref, rollout.revision, decision.action,
+                                                        decision.time))
+        self.board.outcome(decision, f"{'applied' if result.applied else 'unchanged'}: {result.detail}")
         log.warning("%s %s revision %d%s: %s; %s", decision.action, rollout.ref, rollout.revision,
                     " (dry run)" if decision.dry_run else "", decision.reason, result.detail)
 
     def _ensure_recorded(self, watched: Sequence[RolloutState]) -> None:
         """Once per recorded action and process: its Event exists (a daemon killed after its write left none)."""
+        ensure = getattr(self.actuator, "ensure_recorded", None)
+        if ensure is None:
+            return  # an actuator that records an action in one write (ports.RecordKeeper) has nothing to repair
         for rollout in watched:
             if rollout.acted_revision is None:
                 continue
@@ -243,7 +310,7 @@ class Engine:
             if key in self._recorded:
                 continue
             try:
-                if self.actuator.ensure_recorded(rollout):
+                if ensure(rollout):
                     self._recorded.add(key)
             except Exception:
                 log.exception("checking the Event of %s revision %d failed, will retry next tick", rollout.ref,

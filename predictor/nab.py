@@ -23,6 +23,10 @@ from predictor.detectors.streaming import StreamingAnomalyDetector
 
 HEADER = ("timestamp", "value", "anomaly_score")
 
+DETECTORS: dict[str, type[Any]] = {"ensemble": StreamingAnomalyDetector}
+"""The streaming detectors `run_nab` can run, by name (docs/NAB.md compares them)."""
+DEFAULT_DETECTOR = "ensemble"
+
 
 class NabInputError(ValueError):
     """A NAB folder or file that cannot be scored: the message names the folder, or the file and its line."""
@@ -115,10 +119,12 @@ def _parse_row(row: list[str], it: int, iv: int, where: str) -> tuple[str, str, 
     return stamp, text, seconds, value
 
 
-def score_file(src: Path, dst: Path, params: Mapping[str, Any] | None = None) -> Path:
+def score_file(
+    src: Path, dst: Path, params: Mapping[str, Any] | None = None, detector_name: str = DEFAULT_DETECTOR
+) -> Path:
     """Score one `timestamp,value` CSV into `dst` (`timestamp,value,anomaly_score`). Raises NabInputError."""
     rows = read_rows(src)
-    detector = StreamingAnomalyDetector(**dict(params or {}))
+    detector = DETECTORS[detector_name](**dict(params or {}))
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(dst.name + ".tmp")
     with open(tmp, "w", newline="") as fh:
@@ -131,17 +137,25 @@ def score_file(src: Path, dst: Path, params: Mapping[str, Any] | None = None) ->
     return dst
 
 
-def _score_job(job: tuple[str, str, dict[str, Any] | None]) -> str:
-    src, dst, params = job
-    return str(score_file(Path(src), Path(dst), params))
+def _score_job(job: tuple[str, str, dict[str, Any] | None, str]) -> str:
+    src, dst, params, detector = job
+    return str(score_file(Path(src), Path(dst), params, detector))
 
 
 def run_nab(
-    data_dir: Path, out_dir: Path, *, workers: int = 2, params: Mapping[str, Any] | None = None
+    data_dir: Path,
+    out_dir: Path,
+    *,
+    workers: int = 2,
+    params: Mapping[str, Any] | None = None,
+    detector: str = DEFAULT_DETECTOR,
 ) -> list[Path]:
     """Score every `CATEGORY/NAME.csv` under `data_dir` into `out_dir/CATEGORY/NAME.csv`; returns the paths
-    written, in the order of `find_nab_files`. `params` are passed to `StreamingAnomalyDetector`. Raises
-    NabInputError on a missing or empty folder, or a malformed file (a bad header before anything is scored)."""
+    written, in the order of `find_nab_files`. `detector` names one of `DETECTORS`, `params` are passed to it.
+    Raises NabInputError on a missing or empty folder, or a malformed file (a bad header before anything is
+    scored)."""
+    if detector not in DETECTORS:
+        raise ValueError(f"unknown detector {detector!r} (known: {', '.join(sorted(DETECTORS))})")
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     files = find_nab_files(data_dir)
     if out_dir.resolve() == data_dir.resolve():
@@ -149,7 +163,7 @@ def run_nab(
     for src in files:  # a folder of other CSVs stops at once; a bad row stops the run when its file is read
         check_header(src)
     jobs = [
-        (str(src), str(out_dir / src.parent.name / src.name), None if params is None else dict(params))
+        (str(src), str(out_dir / src.parent.name / src.name), None if params is None else dict(params), detector)
         for src in files
     ]
     # longest files first, so that the processes finish together

@@ -59,6 +59,11 @@ class Actuator(Protocol):
         """Carry out a pause, undo or alert-only decision on the Deployment, record why, emit an Event."""
         ...
 
+
+class RecordKeeper(Protocol):
+    """What an Actuator that records an action in two writes (a change, then an Event) also implements; the
+    engine calls it when the actuator has it."""
+
     def ensure_recorded(self, rollout: RolloutState) -> bool:
         """Make sure the action recorded in `rollout`'s annotations has its Event (a daemon killed between the
         write and the Event left none). True when it has one now; False to try again on a later tick."""
@@ -68,4 +73,11 @@ class Actuator(Protocol):
 class Notifier(Protocol):
     def send(self, firing: Sequence[Alert], resolved: Sequence[Alert], now: float) -> None:
         """Hand alerts to Alertmanager without blocking the tick: failures are retried in the background."""
+        ...
+
+
+class KillSwitch(Protocol):
+    def engaged(self) -> bool:
+        """Read once per tick: True while every pause and undo must become an alert. Never raises: when it
+        cannot be read, the last state read (False before any)."""
         ...

@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from predictor.config import Config, MetricSpec, show_value
 from predictor.sources.prometheus import PrometheusClient, QueryError
 from predictor.sources.split import render_query
+from predictor.sources.swarm import render_swarm_query
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ def check_queries(config: Config, *, now: float | None = None) -> QueryCheck:
     for path, spec, template in metric_queries(config.metrics):
         which = path.rsplit(".", 1)[1]
         try:
-            client.query(render_query(template, []), at)
+            client.query((render_swarm_query if config.swarm_targets else render_query)(template, []), at)
         except QueryError as exc:
             if exc.status == 400:
                 problems.append(f"{path}: Prometheus refuses the {which} of metric {spec.name} ({exc}), got "
@@ -92,6 +93,8 @@ def check_kubernetes(config: Config, *, named_only: bool = False) -> list[str]:
     are those of wherever the daemon will run (its pod), not something the file says."""
     from predictor.kube import KubeConfigError, build_api_client
 
+    if config.swarm_targets:
+        return []  # Swarm targets: no Kubernetes API is used
     if named_only and config.kubernetes.kubeconfig is None and config.kubernetes.context is None:
         return []
     try:

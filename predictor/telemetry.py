@@ -36,6 +36,13 @@ class DaemonMetrics:
         self.lead = Histogram("predictor_action_lead_seconds", "Predicted breach time minus action time.",
                               registry=r, buckets=(0, 30, 60, 120, 300, 600, 900, 1800))
         self.is_leader = Gauge("predictor_is_leader", "1 when this replica may act.", registry=r)
+        self.kill_switch = Gauge("predictor_kill_switch_engaged", "1 while the kill switch turns actions into alerts.",
+                                 registry=r)
+        self.budget_spent = Gauge("predictor_action_budget_spent", "Pauses and undos within the action budget's "
+                                  "window (safety.budget.per).", registry=r)
+        self.budget_limit = Gauge("predictor_action_budget_limit", "safety.budget.actions.", registry=r)
+        self.withheld = Counter("predictor_actions_withheld", "Pauses and undos turned into alerts by a safety "
+                                "limit, once per revision and cause.", ["action", "cause"], registry=r)
         self.model_loaded = Gauge("predictor_model_loaded", "1 per loaded model artifact.", ["model", "version"],
                                   registry=r)
 
@@ -54,6 +61,11 @@ class DaemonMetrics:
             for assessment in assessments:
                 if not assessment.unknown:
                     self.risk.labels(ref.namespace, ref.name, assessment.metric).set(assessment.risk)
+        self.kill_switch.set(1 if report.kill_switch else 0)
+        self.budget_spent.set(report.budget_spent)
+        for decision, why in report.withheld:
+            self.withheld.labels(str(decision.action), "kill_switch" if why.startswith("kill switch") else
+                                 "budget").inc()
         for outcome in report.actions:
             decision = outcome.decision
             state = "failed" if outcome.error else "applied" if outcome.result and outcome.result.applied else "skipped"

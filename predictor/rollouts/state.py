@@ -30,6 +30,11 @@ REVISION_HISTORY_ANNOTATION = "deployment.kubernetes.io/revision-history"
 PROGRESSING = "Progressing"
 REASON_NEW_RS_AVAILABLE = "NewReplicaSetAvailable"
 REASON_DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"
+START_SLACK_SECONDS = 120.0
+"""Scheduling, pulling the image and starting the containers, before any probe runs: part of the readiness
+allowance."""
+PROBE_PERIOD_DEFAULT, PROBE_FAILURE_THRESHOLD_DEFAULT = 10, 3
+"""The API server's defaults for a probe's periodSeconds and failureThreshold."""
 
 
 def parse_time(text: str | None) -> float | None:
@@ -193,6 +198,29 @@ def _is_reused(new_rs: Obj, owned: Sequence[Obj]) -> bool:
     )
 
 
+def _probe_allowance(probe: Obj | None) -> float:
+    """How long a probe may fail before the kubelet gives up on it: its initial delay and every allowed failure."""
+    if not isinstance(probe, Mapping):
+        return 0.0
+    period = _int(probe.get("periodSeconds"), PROBE_PERIOD_DEFAULT) or PROBE_PERIOD_DEFAULT
+    failures = _int(probe.get("failureThreshold"), PROBE_FAILURE_THRESHOLD_DEFAULT) or PROBE_FAILURE_THRESHOLD_DEFAULT
+    return max(0, _int(probe.get("initialDelaySeconds"))) + period * failures
+
+
+def ready_allowance(deployment: Obj) -> float | None:
+    """How long a new pod of the Deployment may take to become ready: START_SLACK_SECONDS, the slowest container's
+    startup and readiness probes at their failure thresholds, and `minReadySeconds`. None without a pod template
+    (a replay) or without any probe (readiness is then the containers' start, whose time the template does not
+    tell)."""
+    spec = deployment.get("spec") or {}
+    containers = ((spec.get("template") or {}).get("spec") or {}).get("containers") or []
+    probed = [c for c in containers if isinstance(c, Mapping) and (c.get("startupProbe") or c.get("readinessProbe"))]
+    if not probed:
+        return None
+    slowest = max(_probe_allowance(c.get("startupProbe")) + _probe_allowance(c.get("readinessProbe")) for c in probed)
+    return START_SLACK_SECONDS + slowest + max(0, _int(spec.get("minReadySeconds")))
+
+
 def rollout_state_from_objects(deployment: Obj, replicasets: Sequence[Obj]) -> RolloutState:
     """Build the RolloutState of one Deployment from it and the ReplicaSets of its namespace (others ignored).
 
@@ -261,6 +289,7 @@ def rollout_state_from_objects(deployment: Obj, replicasets: Sequence[Obj]) -> R
         is_rollback=is_rollback,
         previous_revision=previous_revision_below(revision, owned),
         annotations={str(k): str(v) for k, v in (meta.get("annotations") or {}).items()},
+        ready_allowance_seconds=ready_allowance(deployment),
     )
 
 

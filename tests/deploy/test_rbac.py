@@ -3,7 +3,8 @@ the allow-list below, and the rights the daemon needs are all there, bound to th
 
 The allow-list is what the daemon calls (predictor/rollouts/kubernetes.py, predictor/actuators/kubernetes.py,
 predictor/leader.py): list+watch Deployments and ReplicaSets, get (re-read) and patch (pause, undo,
-annotations) Deployments, create core/v1 Events, and with leader election get/create/update one Lease.
+annotations) Deployments, create core/v1 Events, get the one kill-switch ConfigMap in its own namespace, and with
+leader election get/create/update one Lease.
 Growing it needs a reason in docs/DEPLOY.md and a change here.
 """
 
@@ -30,6 +31,7 @@ ALLOWED: dict[tuple[str, str], frozenset[str]] = {
     ("apps", "replicasets"): frozenset({"get", "list", "watch"}),
     ("", "events"): frozenset({"create"}),
     ("coordination.k8s.io", "leases"): frozenset({"get", "create", "update"}),
+    ("", "configmaps"): frozenset({"get"}),
 }
 """(apiGroup, resource) -> verbs. Nothing else: no Secrets, no pods, no pods/exec, no events.k8s.io."""
 NEEDED_TO_WATCH_AND_ACT: dict[tuple[str, str], frozenset[str]] = {
@@ -40,6 +42,8 @@ NEEDED_TO_WATCH_AND_ACT: dict[tuple[str, str], frozenset[str]] = {
 NEEDED_FOR_LEADER_ELECTION: dict[tuple[str, str], frozenset[str]] = {
     ("coordination.k8s.io", "leases"): frozenset({"get", "create", "update"}),
 }
+KILL_SWITCH = "predictor-kill-switch"
+"""The one ConfigMap the daemon may read (`safety.kill_switch.configmap`'s default), in its own namespace."""
 RESTRICTABLE_BY_NAME = frozenset({"get", "update", "patch", "delete"})
 """Verbs that resourceNames can restrict (list, watch and create carry no name in the request)."""
 
@@ -205,3 +209,19 @@ def test_only_the_daemon_gets_an_api_token(scenario: str) -> None:
             if m["mountPath"] == "/var/run/secrets/kubernetes.io/serviceaccount"
         }
         assert token_mounts == {"predictor"}
+
+
+@pytest.mark.parametrize("scenario", ALL_SCENARIOS)
+def test_the_kill_switch_is_readable_in_the_daemons_namespace_and_nothing_more(scenario: str) -> None:
+    rendered = render(scenario)
+    workload, _ = daemon_container(rendered)
+    home = workload["metadata"]["namespace"]
+    account = pod_spec(workload)["serviceAccountName"]
+    configmap_rules = [(role, rule) for role, rule in _rules(rendered) if "configmaps" in rule.get("resources", [])]
+    assert [(role["metadata"]["namespace"], rule) for role, rule in configmap_rules] == [
+        (home, {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get"], "resourceNames": [KILL_SWITCH]})
+    ]
+    role_name = configmap_rules[0][0]["metadata"]["name"]
+    bound = [b for b in rendered.of_kind("RoleBinding") if b["roleRef"]["name"] == role_name]
+    assert [b["subjects"] for b in bound] == [[{"kind": "ServiceAccount", "name": account, "namespace": home}]]
+    assert "kill_switch" not in (daemon_config(rendered).get("safety") or {}), "the default name is the one granted"

@@ -240,13 +240,32 @@ REPLICASETS = Resource(
     categories=("all",),
 )
 LEASES = Resource("coordination.k8s.io", "v1", "leases", "lease", "Lease", True)
+ROLLOUTS = Resource(
+    # Argo Rollouts' CRD (manifests/crds/rollout-crd.yaml): status and scale subresources; as for every custom
+    # resource, no strategic merge patch (415) and no defaulting beyond the schema's.
+    "argoproj.io",
+    "v1alpha1",
+    "rollouts",
+    "rollout",
+    "Rollout",
+    True,
+    ("ro",),
+    status_subresource=True,
+    scale_subresource=True,
+    tracks_generation=True,
+    categories=("all",),
+)
 EVENTS_V1 = Resource("events.k8s.io", "v1", "events", "event", "Event", True, ("ev",), storage="events")
-RESOURCES: tuple[Resource, ...] = (NAMESPACES, PODS, CORE_EVENTS, DEPLOYMENTS, REPLICASETS, LEASES, EVENTS_V1)
+CONFIGMAPS = Resource("", "v1", "configmaps", "configmap", "ConfigMap", True, ("cm",))
+RESOURCES: tuple[Resource, ...] = (
+    NAMESPACES, PODS, CORE_EVENTS, DEPLOYMENTS, REPLICASETS, LEASES, EVENTS_V1, CONFIGMAPS, ROLLOUTS,
+)
 # Preferred group order, as a real server lists them in /apis.
 GROUP_VERSIONS: tuple[tuple[str, str], ...] = (
     ("apps", "v1"),
     ("events.k8s.io", "v1"),
     ("coordination.k8s.io", "v1"),
+    ("argoproj.io", "v1alpha1"),
 )
 
 
@@ -791,6 +810,13 @@ def validate(res: Resource, obj: JSON, old: JSON | None) -> None:
         for k, v in (meta.get(field) or {}).items() if isinstance(meta.get(field), dict) else ():
             if not isinstance(v, str):
                 causes.append((f"metadata.{field}.{k}", f"Invalid value: {v!r}: must be a string"))
+    if res is CONFIGMAPS:
+        data = obj.get("data")
+        if data is not None and not isinstance(data, dict):
+            causes.append(("data", "Invalid value: must be a map of strings"))
+        for k, v in data.items() if isinstance(data, dict) else ():
+            if not isinstance(v, str):
+                causes.append((f"data[{k}]", f"Invalid value: {v!r}: must be a string"))
     if res in (DEPLOYMENTS, REPLICASETS):
         spec = obj.get("spec")
         spec = spec if isinstance(spec, dict) else {}
@@ -1255,7 +1281,7 @@ class KubeState:
             elif patch_type == "merge":
                 patched = json_merge_patch(view, patch)
             elif patch_type in ("strategic", "apply"):
-                if res is EVENTS_V1 and patch_type == "strategic":
+                if res in (EVENTS_V1, ROLLOUTS) and patch_type == "strategic":
                     raise ApiError(415, "UnsupportedMediaType", "strategic merge patch is not supported")
                 patched = strategic_merge_patch(view, patch)
             else:
@@ -3087,6 +3113,7 @@ def iter_watch_lines(stream: Iterable[bytes]) -> Iterator[JSON]:
 
 
 __all__ = [
+    "CONFIGMAPS",
     "CORE_EVENTS",
     "DEPLOYMENTS",
     "EVENTS_V1",

@@ -100,6 +100,7 @@ def test_discovery_for_the_official_client(fake_kube: FakeKubeAPI) -> None:
         "apps": "apps/v1",
         "coordination.k8s.io": "coordination.k8s.io/v1",
         "events.k8s.io": "events.k8s.io/v1",
+        "argoproj.io": "argoproj.io/v1alpha1",  # Argo Rollouts' CRD, installed
     }
     apps = {r.name: r for r in client.AppsV1Api(api).get_api_resources().resources}
     assert {"deployments", "deployments/status", "deployments/scale", "replicasets"} <= set(apps)

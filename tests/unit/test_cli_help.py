@@ -28,7 +28,7 @@ def test_every_command_and_option_has_help() -> None:
                 for choice in action._choices_actions:
                     assert choice.help, f"{name} {choice.dest}"
     assert ("predictor check-config", "offline") in found and ("predictor nab", "workers") in found
-    assert len(parsers()) == 7
+    assert len(parsers()) == 8
 
 
 def test_help_describes_the_tool(capsys: pytest.CaptureFixture[str]) -> None:

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from predictor.config import MetricSpec, default_metric_pack
 from predictor.demo import SimulatedCluster, demo_config
-from predictor.detectors import rollout_scorer
+from predictor.detectors import evidence_reading
 from predictor.detectors.forecast import DampedTrendForecaster
 from predictor.detectors.forest import RolloutIsolationForest, feature_names, history_features
 from predictor.detectors.rollout_scorer import ForecastScorer, _range_seconds
@@ -646,7 +646,7 @@ def test_a_young_trend_is_extrapolated_at_most_four_times_as_far_as_it_reaches_b
     (`flatten_z=0`), its first two minutes already predict that within the 30-minute horizon; looked at 4 times
     as far as it reaches back, a trend of t minutes acts once 4 t covers the 20 - t minutes left, after about 4
     minutes, still 16 minutes early."""
-    monkeypatch.setattr(rollout_scorer, "EXTRAPOLATION_FACTOR", factor)
+    monkeypatch.setattr(evidence_reading, "EXTRAPOLATION_FACTOR", factor)
     history, scorer, out = MetricHistory(HORIZON), ForecastScorer(step_seconds=STEP, flatten_z=0.0), []
     for i in range(40):
         t = START + i * STEP

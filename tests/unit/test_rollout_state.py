@@ -14,6 +14,7 @@ from predictor.rollouts.state import (
     REVISION_HISTORY_ANNOTATION,
     format_time,
     parse_time,
+    ready_allowance,
     rollout_state_from_objects,
     selector_string,
     template_without_hash,
@@ -340,3 +341,19 @@ def test_invariants_over_histories(revisions: list[int], replicas: list[int]) ->
     assert state.previous_revision is None or state.previous_revision < state.revision
     assert 0.0 <= state.progress <= 1.0
     assert not state.is_rollback
+
+
+def test_the_readiness_allowance_is_read_from_the_pod_template() -> None:
+    """120 s to schedule, pull and start, the slowest container's startup and readiness probes at their failure
+    thresholds (defaults: every 10 s, 3 failures), and minReadySeconds."""
+    dep = deployment()
+    assert ready_allowance(dep) is None  # no probe: the template does not say how long a start takes
+    assert rollout_state_from_objects(dep, []).ready_allowance_seconds is None
+    containers = dep["spec"]["template"]["spec"]["containers"]
+    containers[0]["readinessProbe"] = {"httpGet": {"path": "/ready", "port": 8080}, "initialDelaySeconds": 5}
+    containers.append({"name": "sidecar", "image": "proxy:1",
+                       "startupProbe": {"periodSeconds": 5, "failureThreshold": 30},
+                       "readinessProbe": {"periodSeconds": 2, "failureThreshold": 1}})
+    dep["spec"]["minReadySeconds"] = 10
+    assert ready_allowance(dep) == 120 + max(5 + 10 * 3, 5 * 30 + 2 * 1) + 10
+    assert rollout_state_from_objects(dep, []).ready_allowance_seconds == 282
