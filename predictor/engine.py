@@ -113,7 +113,8 @@ class Engine:
             log.error("tick skipped: listing rollouts failed: %s", exc)
             return report
         report.kill_switch = self.kill_switch.engaged() if self.kill_switch is not None else False
-        watched = [s for s in states if policy_rules.in_scope(s, now, self.config.policy) and not self._opted_out(s)]
+        watched = [s for s in states if policy_rules.in_scope(s, now, self.config.policy, self.memory.get(s.ref))
+                   and not self._opted_out(s)]
         report.watched = len(watched)
         self.board.begin_tick(now, watched)
         resolved = self._retire(watched, now)

@@ -14,8 +14,14 @@ Per Deployment revision the memory moves watching -> at risk -> acted. Rules, in
    blind (an alert, or a pause when `blind_action: pause`), never undone.
 5. A rollback (the current ReplicaSet is an older template brought back) is never undone again: at most alerted.
 6. What a restart forgets is re-derived from the Deployment's annotations (`recall`): an action recorded on this
-   revision fires its alert at once, and the rollback we started still carries the undone revision's alert
-   until it completes, so a daemon killed between its write and its alert still sends it.
+   revision fires its alert at once, and the rollback we started carries the undone revision's alert until it
+   completes (resolved at once if it completed meanwhile), so a daemon killed between its write and its alert
+   still sends it.
+
+Scope (`in_scope`): a revision is watched while it rolls out, for `bake` after it completes, and beyond that while
+its evidence still builds (its top risk reached LIVE_RISK on one of the last `consecutive_ticks` ticks), up to
+`max_watch` after completion: a leak that breaches half an hour after a quick rollout is still being forecast when
+the bake ends. Its phase then reads `watching_beyond_bake`.
 """
 
 from __future__ import annotations
@@ -43,12 +49,17 @@ from predictor.domain import (
 
 ALERT_BREACH = "PredictedSLOBreach"
 ALERT_BLIND = "PredictorBlind"
+LIVE_RISK = 0.05
+"""A top risk at or above this is evidence still building (the rollout scorer reports a trend forecast from a 5 %
+breach probability on): past `bake`, it keeps the revision watched up to `max_watch`."""
 
 
 class Phase(enum.StrEnum):
     WATCHING = "watching"
     AT_RISK = "at_risk"
     ACTED = "acted"
+    BEYOND_BAKE = "watching_beyond_bake"
+    """Completed more than `bake` ago, still watched because its evidence builds (`in_scope`)."""
 
 
 @dataclass(frozen=True)
@@ -69,17 +80,35 @@ class RolloutMemory:
     blind_alert: Alert | None = None
     carried_alert: Alert | None = None
     """The breach alert of the revision we undid: it fires until this rollback completes."""
+    live_at: float | None = None
+    """The last tick whose top risk reached LIVE_RISK: what keeps the revision watched beyond `bake`."""
 
     @property
     def alerts(self) -> tuple[Alert, ...]:
         return tuple(a for a in (self.breach_alert, self.blind_alert, self.carried_alert) if a is not None)
 
 
-def in_scope(rollout: RolloutState, now: float, policy: PolicyConfig) -> bool:
-    """A Deployment is watched while it rolls out and for `bake_seconds` after it completes."""
+def in_scope(rollout: RolloutState, now: float, policy: PolicyConfig, memory: RolloutMemory | None = None) -> bool:
+    """A Deployment is watched while it rolls out, for `bake_seconds` after it completes, and beyond while the
+    revision's evidence still builds (`beyond_bake`)."""
     if rollout.new_hash is None:
         return False
-    return rollout.completed_at is None or now - rollout.completed_at <= policy.bake_seconds
+    if rollout.completed_at is None or now - rollout.completed_at <= policy.bake_seconds:
+        return True
+    return beyond_bake(rollout, now, policy, memory)
+
+
+def beyond_bake(rollout: RolloutState, now: float, policy: PolicyConfig, memory: RolloutMemory | None) -> bool:
+    """Past `bake`: still watched while this revision's top risk reached LIVE_RISK on one of the last
+    `consecutive_ticks` ticks (a trend still heading for the threshold, a gap still open), and at most
+    `max_watch_seconds` after completion. Unknown ticks do not keep it watched."""
+    if rollout.completed_at is None or now - rollout.completed_at <= policy.bake_seconds:
+        return False
+    if memory is None or memory.revision != rollout.revision or memory.live_at is None:
+        return False
+    if now - rollout.completed_at > policy.max_watch_seconds:
+        return False
+    return now - memory.live_at <= policy.consecutive_ticks * policy.interval_seconds
 
 
 def retire(memory: RolloutMemory) -> tuple[Alert, ...]:
@@ -253,7 +282,8 @@ def decide(
     clear_ticks = 0 if warned else memory.clear_ticks + 1
     undo_ticks = memory.undo_ticks + 1 if top.risk >= policy.undo_threshold else 0
     memory = replace(memory, unknown_ticks=0, blind_alert=None, risk_ticks=risk_ticks, warn_ticks=warn_ticks,
-                     clear_ticks=clear_ticks, undo_ticks=undo_ticks)
+                     clear_ticks=clear_ticks, undo_ticks=undo_ticks,
+                     live_at=now if top.risk >= LIVE_RISK else memory.live_at)
     figures = (f"risk {top.risk:.2f} (threshold {policy.risk_threshold:.2f}, "
                f"{risk_ticks}/{policy.consecutive_ticks} ticks)")
     confirmed = policy.consecutive_ticks
@@ -280,6 +310,10 @@ def decide(
     if not at_risk:
         phase = Phase.AT_RISK if memory.breach_alert is not None else Phase.WATCHING
         note = "warning (alert only)" if memory.breach_alert is not None else "watching"
+        if rollout.completed_at is not None and now - rollout.completed_at > policy.bake_seconds:
+            phase = Phase.AT_RISK if memory.breach_alert is not None else Phase.BEYOND_BAKE
+            note += (f" beyond bake ({format_duration(now - rollout.completed_at)} after completion, evidence still "
+                     f"building; at most {format_duration(policy.max_watch_seconds)})")
         return tick.decision(replace(memory, phase=phase), Action.NONE, top.risk, f"{note}: {top.reason}; {figures}",
                              resolved)
 

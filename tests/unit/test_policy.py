@@ -141,6 +141,31 @@ def test_in_scope_covers_rollout_and_bake() -> None:
     assert not in_scope(rollout(new_hash=None), 10.0, policy)
 
 
+def test_evidence_still_building_keeps_a_revision_watched_beyond_bake_up_to_max_watch() -> None:
+    """Completed at 100 s, bake 10 min, max_watch 30 min. A revision whose top risk is still live (>= LIVE_RISK)
+    stays watched past 700 s, its phase saying why; a quiet one, an unknown one, or one past 1900 s leaves."""
+    policy = replace(POLICY, bake_seconds=600, max_watch_seconds=1800, alert_threshold=0.5)
+    done = rollout(completed_at=100.0, old_replicas=0, updated_replicas=4, ready_new_replicas=4)
+    memory: RolloutMemory | None = None
+    for tick in range(0, 47):  # 15 s ticks to 690 s: a leak's forecast at 0.3, below the alert
+        memory, _ = decide(memory, done, [risk(0.3)], 15.0 * tick, policy)
+    assert memory is not None and memory.live_at == 690.0
+    assert in_scope(done, 701.0, policy, memory) and in_scope(done, 720.0, policy, memory)
+    assert not in_scope(done, 721.0, policy, memory)  # no live tick for more than `consecutive` ticks
+    assert not in_scope(done, 701.0, policy, None) and not in_scope(done, 701.0, policy, replace(memory, revision=1))
+    memory, decision = decide(memory, done, [risk(0.3)], 705.0, policy)
+    assert memory.phase is Phase.BEYOND_BAKE and "beyond bake (10m05s after completion" in decision.reason
+    assert "at most 30m00s" in decision.reason
+    quiet, _ = decide(memory, done, [risk(0.01)], 720.0, policy)
+    unknown, _ = decide(memory, done, [risk(None)], 720.0, policy)
+    assert quiet.live_at == unknown.live_at == 705.0 and not in_scope(done, 736.0, policy, quiet)
+    late = replace(memory, live_at=1900.0)
+    assert in_scope(done, 1900.0, policy, late) and not in_scope(done, 1901.0, policy, late)
+    memory, _ = decide(memory, done, [risk(0.95)], 720.0, policy)
+    memory, decision = decide(memory, done, [risk(0.95)], 735.0, policy)
+    assert decision.action is Action.UNDO and memory.phase is Phase.ACTED  # the leak acted on beyond bake
+
+
 def test_undone_revision_alert_fires_until_the_rollback_completes() -> None:
     from predictor.policy import succeed
 
