@@ -50,6 +50,6 @@ class ActuatorByKind:
         return actuator.apply(decision, rollout)
 
     def ensure_recorded(self, rollout: RolloutState) -> bool:
-        """The `ensure_recorded` of the rollout's kind's actuator; True for one that records in a single write."""
-        ensure = getattr(self.actuators.get(rollout.ref.kind), "ensure_recorded", None)
-        return bool(ensure(rollout)) if ensure is not None else True
+        actuator = self.actuators.get(rollout.ref.kind)
+        ensure = getattr(actuator, "ensure_recorded", None)
+        return True if ensure is None else bool(ensure(rollout))
