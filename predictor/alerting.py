@@ -23,7 +23,7 @@ import math
 import random
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -32,7 +32,7 @@ import requests
 
 from predictor import __version__
 from predictor.config import AlertmanagerConfig
-from predictor.domain import Alert
+from predictor.domain import Alert, DeploymentRef
 from predictor.ports import Clock, SystemClock
 
 log = logging.getLogger(__name__)
@@ -126,6 +126,7 @@ class AlertmanagerNotifier:
         backoff_initial_seconds: float = 1.0,
         backoff_max_seconds: float = 60.0,
         group_wait_seconds: float | None = None,
+        page_url: Callable[[DeploymentRef], str] | None = None,
     ) -> None:
         if not config.url:
             raise ValueError("alertmanager.url: required for AlertmanagerNotifier (use LoggingNotifier without it)")
@@ -137,6 +138,8 @@ class AlertmanagerNotifier:
                 f"max={backoff_max_seconds!r}"
             )
         self.config = config
+        self.page_url = page_url
+        """The rollout's status page (`ServerConfig.page_url`): the alert's generatorURL when it gives one."""
         self.resend_seconds = resend_seconds
         self.clock: Clock = clock or SystemClock()
         """Decides when an undelivered firing alert has expired (it is then not sent: Alertmanager expired it)."""
@@ -360,7 +363,8 @@ class AlertmanagerNotifier:
                         resolved_at=None if entry.announce else entry.resolved_at,
                         now=now if entry.announce else entry.sent_at,
                         resend_seconds=self.resend_seconds,
-                        generator_url=self.config.generator_url,
+                        generator_url=(self.page_url(entry.alert.ref) if self.page_url else "")
+                        or self.config.generator_url,
                     )
                 )
             except (ValueError, OverflowError, OSError):
