@@ -97,6 +97,10 @@ class AlertmanagerConfig:
     """None: alerts are only logged."""
     tls: TLSConfig = field(default_factory=TLSConfig)
     generator_url: str = ""
+    group_wait_seconds: float = 30.0
+    """Alertmanager's `group_wait` (its default 30 s): a firing alert is kept firing at least this long before
+    its resolve is sent, or Alertmanager would never notify it (it does not notify a resolve it never notified
+    firing). Default 30s."""
 
 
 @dataclass(frozen=True)
@@ -1192,7 +1196,7 @@ def parse_config(raw: Any, source: str = "config") -> Config:
     reader.unknown_keys(raw, "", top_keys)
 
     prom = reader.section(raw, "prometheus", "", ("url", *_TLS_KEYS))
-    am = reader.section(raw, "alertmanager", "", ("url", "generator_url", *_TLS_KEYS))
+    am = reader.section(raw, "alertmanager", "", ("url", "generator_url", "group_wait", *_TLS_KEYS))
     kube = reader.section(raw, "kubernetes", "", ("kubeconfig", "context"))
     pol = reader.section(
         raw, "policy", "",
@@ -1220,6 +1224,7 @@ def parse_config(raw: Any, source: str = "config") -> Config:
             url=reader.url(am, "url", "alertmanager", None, api="/api/v2/alerts"),
             tls=reader.tls(am, "alertmanager"),
             generator_url=reader.url(am, "generator_url", "alertmanager", "", api=None) or "",
+            group_wait_seconds=reader.duration(am, "group_wait", "alertmanager", 30.0, allow_zero=True),
         ),
         kubernetes=KubernetesConfig(
             kubeconfig=reader.path(kube, "kubeconfig", "kubernetes", expand=False),

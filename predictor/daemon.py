@@ -368,7 +368,7 @@ def build_daemon(config: Config, config_path: str | os.PathLike[str] | None = No
     scorer, artifact = build_scorer(config, scorer=config.models.scorer)
     engine = Engine(config, rollouts=rollouts, metrics=metrics, actuator=actuator,
                     notifier=notifier, scorer=scorer, may_act=leader.is_leader if leader is not None else lambda: True,
-                    kill_switch=build_kill_switch(config, api_client))
+                    kill_switch=build_kill_switch(config, api_client), rebuild_history=True)
     # Readiness never depends on leadership: a follower is ready to take over.
     checks: dict[str, Callable[[], bool]] = {"prometheus": metrics.is_online, "kubernetes": rollouts.is_online}
     if config.alertmanager.url:

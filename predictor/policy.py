@@ -16,8 +16,9 @@ Per Deployment revision the memory moves watching -> at risk -> acted. Rules, in
    blind (an alert, or a pause when `blind_action: pause`), never undone.
 5. A rollback (the current ReplicaSet is an older template brought back) is never undone again: at most alerted.
 6. What a restart forgets is re-derived from the Deployment's annotations (`recall`): an action recorded on this
-   revision fires its alert at once, and the rollback we started still carries the undone revision's alert
-   until it completes, so a daemon killed between its write and its alert still sends it.
+   revision fires its alert at once, and the rollback we started carries the undone revision's alert until it
+   completes (resolved at once if it completed meanwhile), so a daemon killed between its write and its alert
+   still sends it.
 
 Scope (`in_scope`): a revision is watched while it rolls out, for `bake` after it completes, and beyond that while
 its evidence still builds (its top risk reached LIVE_RISK, or an assessment says a trend still heads for the
@@ -139,8 +140,8 @@ def recall(rollout: RolloutState, now: float) -> RolloutMemory:
     """The memory of a revision first seen by this process, from what the Deployment's annotations record.
 
     An action recorded on this revision makes it acted, its breach alert firing (later ticks update or resolve
-    it as usual). An undo recorded on an earlier revision while this one, its rollback, still rolls out carries
-    that revision's alert, as `succeed` does without a restart.
+    it as usual). An undo recorded on an earlier revision, while this one is its rollback (in scope: rolling
+    out or baking), carries that revision's alert, as `succeed` does without a restart.
     """
     memory = RolloutMemory(revision=rollout.revision)
     acted_revision, action = rollout.acted_revision, _recorded_action(rollout)
@@ -149,8 +150,9 @@ def recall(rollout: RolloutState, now: float) -> RolloutMemory:
     if acted_revision == rollout.revision:
         return replace(memory, phase=Phase.ACTED, acted=action, acted_at=_annotation_time(rollout, ANNOTATION_ACTED_AT),
                        breach_alert=_recorded_alert(rollout, acted_revision, now))
-    if acted_revision < rollout.revision and action is Action.UNDO and rollout.is_rollback and (
-            rollout.completed_at is None):
+    if acted_revision < rollout.revision and action is Action.UNDO and rollout.is_rollback:
+        # Carried even when the rollback completed (it then resolves at once): the alert may never have been
+        # delivered, and the notifier sends a resolve it never delivered firing as firing first. At least once.
         return replace(memory, carried_alert=_recorded_alert(rollout, acted_revision, now))
     return memory
 

@@ -175,6 +175,31 @@ def test_a_pause_escalates_to_one_undo_when_the_risk_becomes_sure() -> None:
     assert sim.undone_at == START + 60.0
 
 
+def _acted_at(kind: str, restart_at: float | None, rebuild: bool) -> float:
+    """When the engine acted on a `kind` rollout; restarted (a new Engine, empty memory) at `restart_at`."""
+    cluster = SimulatedCluster([SimulatedRollout(DeploymentRef("shop", "checkout"), kind, START, seed=3)])
+    engine = engine_for(cluster)
+    for i in range(15 * 4 + 1):
+        now = START + i * 15.0
+        if restart_at is not None and now >= restart_at:
+            engine, restart_at = engine_for(cluster, rebuild_history=rebuild), None
+        engine.tick(now)
+        if cluster.actions:
+            return cluster.actions[0][0]
+    raise AssertionError("never acted")
+
+
+@pytest.mark.parametrize("kind", ["memory_leak", "cpu_saturation"])
+def test_a_restart_mid_rollout_rebuilds_the_history_and_acts_when_an_uninterrupted_engine_would(kind: str) -> None:
+    steady = _acted_at(kind, None, rebuild=False)
+    restart = steady - 30.0  # two ticks before the uninterrupted engine acted: a slow release, history matters
+    rebuilt = _acted_at(kind, restart, rebuild=True)
+    forgotten = _acted_at(kind, restart, rebuild=False)
+    assert rebuilt - steady <= 15.0, f"rebuilt: acted {rebuilt - steady:.0f}s after the uninterrupted engine"
+    assert forgotten - steady >= 60.0, (
+        f"without the rebuild it acts {forgotten - steady:.0f}s late: the test shows nothing")
+
+
 @pytest.mark.parametrize(("risk", "watched_for"), [(0.0, 300.0), (0.3, 1800.0)])
 def test_a_revision_whose_evidence_still_builds_is_watched_beyond_bake(risk: float, watched_for: float) -> None:
     """The demo's bake is 5 minutes and max_watch the default 30 minutes: a quiet revision leaves scope at the end

@@ -286,6 +286,8 @@ def test_a_restart_re_derives_the_alerts_of_recorded_actions_from_the_annotation
     memory, decision = decide(None, paused, [risk(None)], 20.0, POLICY)
     assert decision.action is Action.NONE and memory.acted is Action.PAUSE
     assert [(a.name, a.revision, a.severity) for a in memory.alerts] == [(ALERT_BREACH, 2, "critical")]
-    # A completed rollback, or an undo of a revision we are not rolling back from, carries nothing.
-    assert decide(None, replace(rollback, completed_at=15.0), [risk(None)], 20.0, POLICY)[0].alerts == ()
+    # A rollback that completed while the daemon was down: the alert is resolved at once (the notifier sends
+    # it firing first if it never was); an undo of a revision we are not rolling back from carries nothing.
+    memory, decision = decide(None, replace(rollback, completed_at=15.0), [risk(None)], 20.0, POLICY)
+    assert memory.alerts == () and [a.revision for a in decision.resolved] == [2]
     assert decide(None, replace(rollback, is_rollback=False), [risk(None)], 20.0, POLICY)[0].alerts == ()
