@@ -227,6 +227,8 @@ def _dispatch(args: argparse.Namespace, now: float) -> int:
 
     config = load_config(args.config)
     configure_logging(config.logging.format, config.logging.level)
+    if args.command in ("run", "backtest"):
+        preflight.log_query_forms(config)
     if args.command == "run":
         from predictor.daemon import build_daemon
 

@@ -9,6 +9,7 @@ world outside the file (credentials, addresses, Prometheus) are in `predictor.pr
 from __future__ import annotations
 
 import difflib
+import functools
 import ipaddress
 import math
 import os
@@ -23,6 +24,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from predictor.domain import Action, Direction
+from predictor.promql import PromQLError, QueryForm, QueryShape, analyse_template
 
 PLACEHOLDERS = ("namespace", "deployment", "pods")
 WORKLOAD_KINDS = ("Deployment", "Rollout")
@@ -172,6 +174,17 @@ class MetricSpec:
     def breached(self, value: float) -> bool:
         return value >= self.threshold if self.direction is Direction.ABOVE else value <= self.threshold
 
+    @functools.cached_property
+    def form(self) -> QueryForm:
+        """Per pod (the result keeps `namespace` and `pod`) or aggregate (one value for the pods in `{pods}`), as
+        `predictor.promql` reads the query; `load_config` refused queries that are neither."""
+        if any("{" + word + "}" in self.query for word in SWARM_PLACEHOLDERS):
+            return QueryForm.PER_POD  # a Swarm query is per task (`predictor.rollouts.swarm` splits it)
+        try:
+            return analyse_template(self.query).form
+        except PromQLError:
+            return QueryForm.PER_POD
+
 
 @dataclass(frozen=True)
 class PolicyConfig:
@@ -198,6 +211,9 @@ class PolicyConfig:
     """alert or pause when blind; never undo."""
     lookback_seconds: float = 600.0
     """History kept per metric for trends."""
+    max_watch_seconds: float = 1800.0
+    """How long after completion a revision whose evidence still builds stays watched beyond `bake_seconds`
+    (`policy.in_scope`)."""
 
 
 @dataclass(frozen=True)
@@ -310,6 +326,51 @@ def default_metric_pack() -> tuple[MetricSpec, ...]:
         MetricSpec(
             name="restarts_5m",
             query=f"sum by (namespace, pod) (increase(kube_pod_container_status_restarts_total{{{sel}}}[5m]))",
+            threshold=3.0,
+            unit="restarts",
+        ),
+    )
+
+
+def aggregate_metric_pack() -> tuple[MetricSpec, ...]:
+    """The default pack written in the aggregate form, as SLO queries are usually written (one value for the pods
+    in `{pods}`): the same five metrics and thresholds, rendered per scope (`predictor.promql`)."""
+    sel = 'namespace="{namespace}", pod=~"{pods}"'
+
+    def limit_ratio(usage: str, resource: str) -> str:
+        return (f"max({usage} / on (namespace, pod, container) "
+                f'kube_pod_container_resource_limits{{{sel}, resource="{resource}"}})')
+
+    return (
+        MetricSpec(
+            name="error_ratio",
+            query=f'sum(rate(http_requests_total{{{sel}, code=~"5.."}}[1m])) '
+                  f"/ sum(rate(http_requests_total{{{sel}}}[1m]))",
+            threshold=0.05,
+            unit="ratio",
+        ),
+        MetricSpec(
+            name="latency_p99",
+            query=f"histogram_quantile(0.99, sum by (le) (rate(http_request_duration_seconds_bucket{{{sel}}}[1m])))",
+            threshold=0.5,
+            unit="seconds",
+        ),
+        MetricSpec(
+            name="memory_limit_ratio",
+            query=limit_ratio(f'container_memory_working_set_bytes{{{sel}, container!=""}}', "memory"),
+            threshold=0.9,
+            unit="ratio",
+        ),
+        MetricSpec(
+            name="cpu_limit_ratio",
+            query=limit_ratio(f'sum by (namespace, pod, container) (rate(container_cpu_usage_seconds_total{{{sel}, '
+                              'container!=""}[1m]))', "cpu"),
+            threshold=0.9,
+            unit="ratio",
+        ),
+        MetricSpec(
+            name="restarts_5m",
+            query=f"max(sum by (namespace, pod) (increase(kube_pod_container_status_restarts_total{{{sel}}}[5m])))",
             threshold=3.0,
             unit="restarts",
         ),
@@ -964,6 +1025,8 @@ def _read_metrics(raw: Any, reader: _Reader, swarm: Sequence[SwarmTarget] = ()) 
         if "min_denominator" in item and not denominator:
             reader.error(f"{path}.min_denominator", "expected no min_denominator without a denominator (it would "
                          "be ignored)", item["min_denominator"])
+        if not swarm:
+            _check_query_forms(item, path, reader, query, denominator, quantile)
         specs.append(
             MetricSpec(
                 name=name,
@@ -978,6 +1041,51 @@ def _read_metrics(raw: Any, reader: _Reader, swarm: Sequence[SwarmTarget] = ()) 
             )
         )
     return tuple(specs)
+
+
+def _shape(template: str | None, where: str, reader: _Reader) -> QueryShape | None:
+    """The parsed shape of a template whose placeholders were fine (None, with the error recorded, otherwise)."""
+    if not template or placeholder_problems(template):
+        return None
+    try:
+        return analyse_template(template)
+    except PromQLError as exc:
+        reader.error(where, str(exc), template)
+        return None
+
+
+def _check_query_forms(
+    item: Mapping[str, Any], path: str, reader: _Reader, query: str | None, denominator: str | None,
+    quantile: float | None,
+) -> None:
+    """What cannot work given the form of the query (see `predictor.promql`): a quantile without `le` per pod or on
+    an aggregate query, a denominator in the other form, an aggregate query that cannot be split into scopes."""
+    shape = _shape(query, f"{path}.query", reader)
+    den_shape = _shape(denominator, f"{path}.denominator", reader)
+    for key, template, found in (("query", query, shape), ("denominator", denominator, den_shape)):
+        if found is None or found.form is not QueryForm.AGGREGATE:
+            continue
+        if not found.uses_pods:
+            reader.error(f"{path}.{key}", "expected pod=~\"{pods}\" in an aggregate query (it is rendered once per "
+                         "scope, {pods} the regex of that scope's pods, to tell new pods from old)", template)
+        for selector in found.selectors_without_namespace:
+            reader.error(f"{path}.{key}", "expected a namespace matcher (namespace=\"{namespace}\") beside {pods} in "
+                         "an aggregate query (the same pod names in another namespace would be summed in)", selector)
+    if shape is None:
+        return
+    if quantile is not None and shape.form is QueryForm.AGGREGATE:
+        reader.error(f"{path}.quantile", "expected no quantile with an aggregate query (its result has no pods to "
+                     "sum the buckets of: write histogram_quantile(0.99, sum by (le) (...)) in the query)",
+                     item["quantile"])
+    elif quantile is not None and not shape.keeps_le:
+        reader.error(f"{path}.quantile", "expected a query that keeps the buckets' 'le' label with quantile (`sum "
+                     f"by (namespace, pod, le)`); this one keeps {shape.labels.describe()}", item["quantile"])
+    if "aggregate" in item and shape.form is QueryForm.AGGREGATE and not denominator and quantile is None:
+        reader.error(f"{path}.aggregate", "expected no aggregate with an aggregate query (it would be ignored: the "
+                     "query combines the pods itself)", item["aggregate"])
+    if den_shape is not None and den_shape.form is not shape.form:
+        reader.error(f"{path}.denominator", f"expected the same form as the query ({shape.form}), got the "
+                     f"{den_shape.form} form", denominator)
 
 
 def _read_threshold(item: Mapping[str, Any], path: str, reader: _Reader, direction: Direction, unit: str) -> float:
@@ -1082,7 +1190,7 @@ def parse_config(raw: Any, source: str = "config") -> Config:
     pol = reader.section(
         raw, "policy", "",
         ("action", "dry_run", "bake", "horizon", "interval", "consecutive", "risk_threshold", "alert_threshold",
-         "undo_threshold", "blind_after", "blind_action", "lookback"),
+         "undo_threshold", "blind_after", "blind_action", "lookback", "max_watch"),
     )
     srv = reader.section(raw, "server", "", ("host", "port"))
     log = reader.section(raw, "logging", "", ("format", "level"))
@@ -1150,6 +1258,11 @@ def _read_policy(pol: Mapping[str, Any], reader: _Reader) -> PolicyConfig:
     if lookback < 4 * interval:
         reader.error("policy.lookback", f"expected at least 4 ticks of history ({_duration_text(4 * interval)})",
                      pol.get("lookback", f"{_duration_text(lookback)} (the default)"))
+    bake = reader.duration(pol, "bake", "policy", 600.0, allow_zero=True)
+    max_watch = reader.duration(pol, "max_watch", "policy", max(1800.0, bake), allow_zero=True)
+    if max_watch < bake:
+        reader.error("policy.max_watch", f"expected at least policy.bake ({_duration_text(bake)}): it extends the "
+                     f"bake while evidence still builds", pol["max_watch"])
     fraction = {"above": 0.0, "maximum": 1.0}
     risk_threshold = reader.number(pol, "risk_threshold", "policy", 0.7, **fraction)
     alert_threshold = reader.number(pol, "alert_threshold", "policy", min(0.5, risk_threshold), **fraction)
@@ -1161,7 +1274,7 @@ def _read_policy(pol: Mapping[str, Any], reader: _Reader) -> PolicyConfig:
     return PolicyConfig(
         action=Action(reader.choice(pol, "action", "policy", "pause", ["pause", "undo", "alert"])),
         dry_run=reader.boolean(pol, "dry_run", "policy", False),
-        bake_seconds=reader.duration(pol, "bake", "policy", 600.0, allow_zero=True),
+        bake_seconds=bake,
         horizon_seconds=horizon,
         interval_seconds=interval,
         consecutive_ticks=int(reader.number(pol, "consecutive", "policy", 2, minimum=1, integer=True)),
@@ -1171,6 +1284,7 @@ def _read_policy(pol: Mapping[str, Any], reader: _Reader) -> PolicyConfig:
         blind_after_ticks=int(reader.number(pol, "blind_after", "policy", 8, minimum=1, integer=True)),
         blind_action=Action(reader.choice(pol, "blind_action", "policy", "alert", ["alert", "pause"])),
         lookback_seconds=lookback,
+        max_watch_seconds=max_watch,
     )
 
 

@@ -294,7 +294,7 @@ def build_daemon(config: Config, config_path: str | os.PathLike[str] | None = No
         return build_swarm_daemon(config)
     from kubernetes import client as kube_client
 
-    from predictor.actuators.kubernetes import KubernetesActuator
+    from predictor.actuators.kubernetes import CRASH_AT_ENV, CRASH_POINTS, KubernetesActuator
     from predictor.alerting import AlertmanagerNotifier, LoggingNotifier
     from predictor.config import ConfigError
     from predictor.hosts import ActuatorByKind, CombinedRolloutSource
@@ -312,13 +312,18 @@ def build_daemon(config: Config, config_path: str | os.PathLike[str] | None = No
         api_client = build_api_client(config.kubernetes)
     except KubeConfigError as exc:
         raise ConfigError([str(exc)], "kubernetes credentials") from exc
+    crash_at = os.environ.get(CRASH_AT_ENV) or None  # a test hook, read once (predictor/actuators/kubernetes.py)
+    if crash_at is not None and crash_at not in CRASH_POINTS:
+        raise ConfigError([f"{CRASH_AT_ENV}: expected one of {', '.join(CRASH_POINTS)}, got {crash_at!r}"],
+                          "environment")
 
     def build_hosts(targets: Sequence[Any]) -> tuple[Any, Any]:
         """The rollout source and the actuator for these targets (Deployments, Argo Rollouts or both)."""
         deployment_targets = [t for t in targets if t.kind == "Deployment"]
         rollout_targets = [t for t in targets if t.kind == "Rollout"]
         sources: list[Any] = [KubernetesRolloutSource(api_client, deployment_targets)] if deployment_targets else []
-        actuators: dict[str, Any] = {"deployment": KubernetesActuator(api_client, clock=SystemClock())}
+        actuators: dict[str, Any] = {"deployment": KubernetesActuator(api_client, clock=SystemClock(),
+                                                                      crash_at=crash_at)}
         if rollout_targets:  # Argo Rollouts beside (or instead of) Deployments
             from predictor.actuators.argo import ArgoActuator
             from predictor.rollouts.argo import ArgoRolloutSource

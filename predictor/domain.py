@@ -26,6 +26,8 @@ ANNOTATION_POLICY_ACTION = ANNOTATION_PREFIX + "policy.action"
 """Set by users: this Deployment's `policy.action` (pause, undo or alert)."""
 ANNOTATION_THRESHOLD_PREFIX = ANNOTATION_PREFIX + "threshold."
 """Set by users: `predictor.io/threshold.<metric>` is this Deployment's threshold of that metric."""
+ANNOTATION_METRIC = ANNOTATION_PREFIX + "metric"
+"""The metric whose predicted breach led to the action: the `metric` label of its alert, re-derived after a restart."""
 REVISION_ANNOTATION = "deployment.kubernetes.io/revision"
 POD_TEMPLATE_HASH_LABEL = "pod-template-hash"
 

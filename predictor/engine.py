@@ -16,7 +16,16 @@ from predictor import policy as policy_rules
 from predictor import safety
 from predictor.config import Config, MetricSpec
 from predictor.detectors.base import Scorer
-from predictor.domain import Action, Alert, Assessment, Decision, DeploymentRef, Observation, RolloutState
+from predictor.domain import (
+    ANNOTATION_ACTION,
+    Action,
+    Alert,
+    Assessment,
+    Decision,
+    DeploymentRef,
+    Observation,
+    RolloutState,
+)
 from predictor.features import MetricHistory
 from predictor.policy import RolloutMemory
 from predictor.ports import ActionResult, Actuator, KillSwitch, MetricSource, Notifier, RolloutSource
@@ -89,6 +98,8 @@ class Engine:
         """Ignored annotations and withheld actions already logged at WARNING: once each, not every tick."""
         self.board = board if board is not None else StatusBoard()
         """What the status API, pages and reports show: recent values, forecasts and decisions per rollout."""
+        self._recorded: set[tuple[DeploymentRef, int, str]] = set()
+        """Actions recorded on Deployments whose Event this process has made sure of (`Actuator.ensure_recorded`)."""
 
     def tick(self, now: float) -> TickReport:
         report = TickReport(time=now)
@@ -103,13 +114,16 @@ class Engine:
         report.dependencies["kubernetes"] = None if self.rollouts.is_online() else (
             "watch failing: rollouts served from the last state seen")
         report.kill_switch = self.kill_switch.engaged() if self.kill_switch is not None else False
-        watched = [s for s in states if policy_rules.in_scope(s, now, self.config.policy) and not self._opted_out(s)]
+        watched = [s for s in states if policy_rules.in_scope(s, now, self.config.policy, self.memory.get(s.ref))
+                   and not self._opted_out(s)]
         report.watched = len(watched)
         self.board.begin_tick(now, watched)
         resolved = self._retire(watched, now)
         self._observe(watched, now, report)
         self._watch_queries(report)
         leader = self.may_act()
+        if leader:
+            self._ensure_recorded(watched)
         for rollout in watched:
             decision = self._decide(rollout, now, report)
             resolved.extend(decision.resolved)
@@ -277,6 +291,21 @@ class Engine:
         self.board.outcome(decision, f"{'applied' if result.applied else 'unchanged'}: {result.detail}")
         log.warning("%s %s revision %d%s: %s; %s", decision.action, rollout.ref, rollout.revision,
                     " (dry run)" if decision.dry_run else "", decision.reason, result.detail)
+
+    def _ensure_recorded(self, watched: Sequence[RolloutState]) -> None:
+        """Once per recorded action and process: its Event exists (a daemon killed after its write left none)."""
+        for rollout in watched:
+            if rollout.acted_revision is None:
+                continue
+            key = (rollout.ref, rollout.acted_revision, rollout.annotations.get(ANNOTATION_ACTION, ""))
+            if key in self._recorded:
+                continue
+            try:
+                if self.actuator.ensure_recorded(rollout):
+                    self._recorded.add(key)
+            except Exception:
+                log.exception("checking the Event of %s revision %d failed, will retry next tick", rollout.ref,
+                              rollout.acted_revision)
 
     def _notify(self, firing: list[Alert], resolved: list[Alert], now: float, report: TickReport) -> None:
         if not firing and not resolved:

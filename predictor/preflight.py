@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from predictor.config import Config, MetricSpec, show_value
-from predictor.sources.prometheus import PrometheusClient, QueryError
+from predictor.sources.prometheus import PrometheusClient, QueryError, describe_cost
 from predictor.sources.split import render_query
 from predictor.sources.swarm import render_swarm_query
 
@@ -149,3 +149,9 @@ def log_query_check(queries: QueryCheck, config: Config) -> None:
     elif not queries.problems:
         log.info("Prometheus at %s accepts all %d queries of the %d metric(s)", config.prometheus.url,
                  queries.accepted, len(config.metrics))
+
+
+def log_query_forms(config: Config) -> None:
+    """One INFO line per metric: its query's form (per pod or aggregate) and what it costs per tick."""
+    for spec in config.metrics:
+        log.info("%s", describe_cost(spec))

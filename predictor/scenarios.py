@@ -13,7 +13,9 @@ add a slow burn, random magnitudes and the confounders of healthy releases) ever
 3. cAdvisor's `container_memory_working_set_bytes` and `container_cpu_usage_seconds_total` against
    kube-state-metrics' `kube_pod_container_resource_limits`, and `kube_pod_container_status_restarts_total`;
 4. the kube-state-metrics v2 series `predictor.rollouts.replay` reads: Deployments, ReplicaSets (owner, replicas,
-   creation, the revision annotation), pods (owner).
+   creation, the revision annotation), pods (owner, `kube_pod_labels` with the pod-template-hash,
+   `kube_pod_status_ready`, and `kube_pod_container_status_waiting_reason{reason="CrashLoopBackOff"}` while a
+   crash-looping container waits for its restart).
 A pod's series exist only while the pod does (its samples stop when it is removed; a backfill has no staleness
 markers, so Prometheus keeps showing a removed pod's last gauge sample for its 5-minute lookback).
 """
@@ -51,12 +53,33 @@ RESTART_WINDOW_SECONDS = 300.0
 OLD_RS_AGE_SECONDS = 7 * 86400.0
 """How long before the data the old ReplicaSet was created."""
 
-BAD_KINDS = ("error_regression", "latency_regression", "memory_leak", "cpu_saturation", "crash_loop", "slow_burn")
-CONFOUNDERS = ("warmup", "cache_plateau", "traffic_surge", "noisy_old_pod", "scrape_gaps", "counter_resets")
+BAD_KINDS = ("error_regression", "latency_regression", "memory_leak", "cpu_saturation", "crash_loop", "slow_burn",
+             "late_leak", "mild_regression")
+"""Benchmark labels of bad releases; `late_leak` is a memory leak after a quick rollout, `mild_regression` an error
+or latency regression below the threshold."""
+CONFOUNDERS = ("warmup", "cache_plateau", "traffic_surge", "noisy_old_pod", "scrape_gaps", "counter_resets",
+               "seasonal")
 HEALTHY_KINDS = tuple(f"healthy_{c}" for c in CONFOUNDERS)
 """Benchmark labels of healthy releases: `kind` stays 'healthy', the label names the confounder."""
 KINDS = (*SCENARIO_KINDS, "slow_burn")
 """What `ScenarioRollout.kind` accepts: the simulator's kinds plus a slow burn."""
+NOISE_SHAPES = ("gaussian", "heavy_tailed", "bursty")
+"""The scatter of a pod's values around its level: normal; Student's t with 3 degrees of freedom (unit variance);
+normal, four times as wide in bursts (about one 2-minute slot in ten)."""
+SEASON_SHAPES = ("daily", "steps")
+SEASON_LATENCY_GAIN = 0.3
+SEASON_ERROR_GAIN = 0.002
+"""Without a surge, extra load raises p99 latency by this share of the baseline and the error ratio by this much,
+per unit of extra load."""
+
+SCRAPE_CHOICES = (10.0, 15.0, 20.0, 30.0, 60.0)
+RATE_WINDOWS = ("1m", "2m", "3m", "4m", "5m")
+SURGE_CHOICES = ("0", "1", "25%", "50%", "100%")
+SURGE_WEIGHTS = (0.15, 0.25, 0.35, 0.1, 0.15)
+UNAVAILABLE_CHOICES = ("0", "1", "25%", "100%")
+UNAVAILABLE_WEIGHTS = (0.3, 0.25, 0.35, 0.1)
+"""What `random_scenario` draws a cluster's scrape interval, rate window and RollingUpdate strategy from (25 % and
+25 % is Kubernetes' default)."""
 
 _K8S_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
 """The characters Kubernetes uses for pod-template-hashes and pod name suffixes (no vowels, no 0/1/3)."""
@@ -153,6 +176,33 @@ class CounterReset:
     index: int
 
 
+@dataclass(frozen=True)
+class Season:
+    """Load felt by every pod, old and new alike, on top of any surge.
+
+    `shape` 'daily': a sine of one day, 1 + `amplitude` * cos(2 pi (t - `peak_at`) / 1 day); 'steps': the factor of
+    the last of `steps` (time, factor) at or before t, 1 before the first (a batch job, a campaign, a failover).
+    """
+
+    shape: str
+    amplitude: float = 0.0
+    peak_at: float = 0.0
+    steps: tuple[tuple[float, float], ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.shape not in SEASON_SHAPES:
+            raise ValueError(f"season shape: expected one of {', '.join(SEASON_SHAPES)}, got {self.shape!r}")
+
+    def factor(self, t: float) -> float:
+        if self.shape == "daily":
+            return 1.0 + self.amplitude * math.cos(2.0 * math.pi * (t - self.peak_at) / 86400.0)
+        factor = 1.0
+        for at, value in self.steps:
+            if at <= t:
+                factor = value
+        return factor
+
+
 # --- the scenario rollout --------------------------------------------------------------------------------------
 
 
@@ -187,6 +237,20 @@ class ScenarioRollout(SimulatedRollout):
     memory_limit_bytes: float = float(MEMORY_LIMIT_BYTES)
     cpu_limit_cores: float = CPU_LIMIT_CORES
     count_noise: bool = False
+    max_surge: int | None = None
+    """With `max_unavailable`, the pods of the Deployment's RollingUpdate strategy (resolved from percentages as
+    Kubernetes does): the rollout goes in waves of max_surge + max_unavailable new pods, one wave every
+    `step_seconds` (the new pods' readiness delay), the old pods of a wave going as it starts (max_unavailable) or
+    once its new pods are Ready (the surge). None: the simulator's one pod every `step_seconds`."""
+    max_unavailable: int | None = None
+    readiness_seconds: float = 0.0
+    """How long after it starts a new pod becomes Ready and gets traffic."""
+    noise_shape: str = "gaussian"
+    season: Season | None = None
+    scrape_seconds: float = SCRAPE_SECONDS
+    """How often the cluster's Prometheus scrapes this Deployment (`scenario_series` callers may pass it on)."""
+    rate_window: str = "1m"
+    """The rate window of the cluster's SLO queries (what the benchmark's config uses for this scenario)."""
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -198,6 +262,18 @@ class ScenarioRollout(SimulatedRollout):
             raise ValueError(f"requests_per_second: expected >= 0, got {self.requests_per_second}")
         if self.old_hash == self.new_hash:
             raise ValueError(f"old_hash and new_hash must differ, got {self.old_hash!r} twice")
+        if (self.max_surge is None) != (self.max_unavailable is None):
+            raise ValueError(f"max_surge and max_unavailable: give both or neither, got {self.max_surge}, "
+                             f"{self.max_unavailable}")
+        if self.max_surge is not None and (min(self.max_surge, self.max_unavailable or 0) < 0
+                                           or self.max_surge + (self.max_unavailable or 0) < 1):
+            raise ValueError(f"max_surge and max_unavailable: expected >= 0 and not both 0, got {self.max_surge}, "
+                             f"{self.max_unavailable}")
+        if self.noise_shape not in NOISE_SHAPES:
+            raise ValueError(f"noise_shape: expected one of {', '.join(NOISE_SHAPES)}, got {self.noise_shape!r}")
+        if self.readiness_seconds < 0 or self.scrape_seconds <= 0:
+            raise ValueError(f"readiness_seconds >= 0 and scrape_seconds > 0 expected, got {self.readiness_seconds}, "
+                             f"{self.scrape_seconds}")
 
     @property
     def name(self) -> str:
@@ -210,35 +286,74 @@ class ScenarioRollout(SimulatedRollout):
 
     @property
     def stall_pods(self) -> int:
-        return max(1, self.replicas // 4)
+        """New pods of a stalled rollout: its first wave (max(1, replicas // 4) without a strategy)."""
+        if self.max_surge is None:
+            return max(1, self.replicas // 4)
+        return self.wave_pods
+
+    @property
+    def wave_pods(self) -> int:
+        """New pods per wave: max_surge + max_unavailable (1 without a strategy), at most every replica."""
+        if self.max_surge is None:
+            return 1
+        return max(1, min(self.replicas, self.max_surge + (self.max_unavailable or 0)))
 
     # Progress -----------------------------------------------------------------------------------------------
+    def _wave(self, t: float) -> int:
+        until = t if self.paused_at is None else min(t, self.paused_at)
+        return 0 if self.stalls else math.floor((until - self.start + 1e-3) / self.step_seconds)  # to the ms
+
     def new_pods(self, t: float) -> int:
-        count = super().new_pods(t)
-        return min(count, self.stall_pods) if self.stalls else count
+        if self.max_surge is None:
+            count = super().new_pods(t)
+            return min(count, self.stall_pods) if self.stalls else count
+        if t < self.start or (self.undone_at is not None and t >= self.undone_at):
+            return 0
+        return min(self.replicas, self.wave_pods * (self._wave(t) + 1))
+
+    def old_pods(self, t: float) -> int:
+        if self.max_surge is None or t < self.start or (self.undone_at is not None and t >= self.undone_at):
+            return super().old_pods(t) if self.max_surge is None else self.replicas
+        remaining = self.replicas - min(self.replicas, self.wave_pods * self._wave(t))
+        return remaining - min(self.max_unavailable or 0, remaining)
+
+    def pod_started(self, index: int) -> float:
+        return self.start + (index // self.wave_pods) * self.step_seconds
+
+    def completed_at(self, t: float) -> float | None:
+        if self.max_surge is None or (self.undone_at is not None and t >= self.undone_at):
+            return super().completed_at(t)
+        done = self.start + math.ceil(self.replicas / self.wave_pods) * self.step_seconds
+        if self.paused_at is not None or self.stalls or t < done:
+            return None
+        return done
 
     def ready(self, new: bool, index: int, t: float) -> bool:
-        """Whether the pod receives traffic: a crash-looping new pod never does."""
-        return not (new and self.stalls)
+        """Whether the pod receives traffic: a new pod once its readiness delay passed; a crash-looping one never."""
+        if not new:
+            return True
+        return not self.stalls and t - self.pod_started(index) >= self.readiness_seconds
 
     def state(self, t: float) -> RolloutState:
         state = super().state(t)
         if state.new_hash == OLD_HASH:  # undone: the old template is the current one
             return replace(state, new_hash=self.old_hash)
-        ready = 0 if self.stalls else state.ready_new_replicas
-        return replace(state, new_hash=self.new_hash, old_hashes=(self.old_hash,), ready_new_replicas=ready)
+        ready = sum(1 for i in range(self.new_pods(t)) if self.ready(True, i, t))
+        return replace(state, new_hash=self.new_hash, old_hashes=(self.old_hash,), ready_new_replicas=ready,
+                       completed_at=self.completed_at(t))
 
     # Load ---------------------------------------------------------------------------------------------------
     def load(self, t: float) -> float:
-        """Traffic relative to normal: 1 except during a surge."""
+        """Traffic relative to normal: 1 except during a surge or as the season goes."""
+        season = 1.0 if self.season is None else self.season.factor(t)
         surge = self.surge
         if surge is None:
-            return 1.0
+            return season
         into = t - surge.at
         if into < 0 or into > surge.seconds:
-            return 1.0
+            return season
         ramp = min(1.0, into / surge.ramp_seconds, (surge.seconds - into) / surge.ramp_seconds)
-        return 1.0 + (surge.factor - 1.0) * max(ramp, 0.0)
+        return season * (1.0 + (surge.factor - 1.0) * max(ramp, 0.0))
 
     def traffic(self, metric: str, pods: int, t: float) -> float | None:
         """Requests/s of `pods` pods for the error ratio (its denominator): every pod serves the same share."""
@@ -247,6 +362,14 @@ class ScenarioRollout(SimulatedRollout):
         return self.requests_per_second * self.load(t) * pods
 
     # Restarts -----------------------------------------------------------------------------------------------
+    def crash_waiting(self, new: bool, index: int, t: float) -> bool:
+        """Whether the container waits in CrashLoopBackOff at `t` (the kubelet's crash loop, between a crash and
+        the restart its back-off allows)."""
+        if not (new and self.stalls) or self.crash_run_seconds is None:
+            return False
+        age = t - self.pod_started(index)
+        return age >= 0 and _crash_waiting(age, self.crash_run_seconds)
+
     def restart_count(self, new: bool, index: int, t: float) -> int:
         """The container's restart counter at `t` (crash loop and counter resets)."""
         count = 0
@@ -266,21 +389,24 @@ class ScenarioRollout(SimulatedRollout):
             return float(window)
         rng = _noise_rng(self.seed, pod, t, metric, new)
         base = getattr(self.baseline, metric)
-        noise = float(rng.normal(0.0, 1.0))
+        # A working set does not jump as a request rate does: memory keeps the gaussian scatter whatever the shape.
+        noise = float(rng.normal(0.0, 1.0)) if metric == "memory_limit_ratio" else self._noise(rng, pod, t, new)
         value = base * (1.0 + 0.08 * noise) if base else 0.0
         if new and age < self.warmup_seconds:
             fade = 1.0 - age / self.warmup_seconds
             value += {"latency_p99": self.warmup_latency, "cpu_limit_ratio": self.warmup_cpu,
                       "error_ratio": self.warmup_errors}.get(metric, 0.0) * fade
         load = self.load(t)
-        if load != 1.0 and self.surge is not None:
+        if load != 1.0:
             extra = load - 1.0
+            latency_gain, error_gain = ((self.surge.latency_gain, self.surge.error_gain) if self.surge is not None
+                                        else (SEASON_LATENCY_GAIN, SEASON_ERROR_GAIN))
             if metric == "latency_p99":
-                value += base * self.surge.latency_gain * extra
+                value += base * latency_gain * extra
             elif metric == "cpu_limit_ratio":
                 value = min(1.0, value * load)
             elif metric == "error_ratio":
-                value += self.surge.error_gain * extra
+                value += error_gain * extra
         if self.noisy is not None and not new and index == self.noisy.index:
             value = self._noisy_value(metric, value, base, noise, rng)
         if not new:
@@ -303,6 +429,16 @@ class ScenarioRollout(SimulatedRollout):
             value = base * (1.0 + 0.08 * noise) + self._magnitude(0.004) * minutes
         return max(value, 0.0)
 
+    def _noise(self, rng: np.random.Generator, pod: int, t: float, new: bool) -> float:
+        """One unit-variance draw of the rollout's noise shape (a pure function of the inputs, as all noise here)."""
+        if self.noise_shape == "heavy_tailed":
+            return float(rng.standard_t(3)) / math.sqrt(3.0)
+        noise = float(rng.normal(0.0, 1.0))
+        slot = f"{self.seed}:{pod}:{int(new)}:{int(t // 120)}"
+        if self.noise_shape == "bursty" and zlib.crc32(slot.encode()) % 10 == 0:
+            return 4.0 * noise
+        return noise
+
     def _magnitude(self, default: float) -> float:
         return default if self.magnitude is None else self.magnitude
 
@@ -321,6 +457,19 @@ class ScenarioRollout(SimulatedRollout):
 def _noise_rng(seed: int, pod: int, t: float, metric: str, new: bool) -> np.random.Generator:
     """The simulator's noise stream (`SimulatedRollout.pod_value`): a pure function of its inputs."""
     return np.random.default_rng([seed, pod, int(t), zlib.crc32(metric.encode()) % 1000, int(new)])
+
+
+def _crash_waiting(age: float, run_seconds: float) -> bool:
+    """Whether a container that crashes `run_seconds` after each start waits for its restart `age` seconds in."""
+    t, backoff = 0.0, 10.0
+    while True:
+        crashed = t + run_seconds
+        if age < crashed:
+            return False
+        t = crashed + backoff
+        if age < t:
+            return True
+        backoff = min(backoff * 2.0, 300.0)
 
 
 def _crash_restarts(age: float, run_seconds: float | None) -> int:
@@ -461,7 +610,7 @@ def _pods(rollout: SimulatedRollout, grid: Sequence[float]) -> list[_Pod]:
     incarnations: dict[tuple[bool, int], int] = {}
     for t in grid:
         new_count = rollout.new_pods(t)
-        alive = {(True, i) for i in range(new_count)} | {(False, i) for i in range(rollout.replicas - new_count)}
+        alive = {(True, i) for i in range(new_count)} | {(False, i) for i in range(rollout.old_pods(t))}
         for slot in list(current):
             if slot not in alive:
                 del current[slot]
@@ -571,7 +720,7 @@ def _deployment_series(rollout: SimulatedRollout, grid: Sequence[float], series:
         undone = rollout.undone_at is not None and t >= rollout.undone_at
         paused = rollout.paused_at is not None and t >= rollout.paused_at and not undone
         new_count = rollout.new_pods(t)
-        old_count = rollout.replicas - new_count
+        old_count = rollout.old_pods(t)
         if new_count != last_new:
             last_change, last_new = t, new_count
         rolling = started and not undone and new_count < rollout.replicas
@@ -632,6 +781,12 @@ def _pod_series(rollout: SimulatedRollout, pod: _Pod, scrape_seconds: float, ser
         "restarts": series_key("kube_pod_container_status_restarts_total", **ksm_pod, container=CONTAINER),
         "owner": series_key("kube_pod_owner", **ksm_pod, owner_kind="ReplicaSet", owner_name=owner,
                             owner_is_controller="true"),
+        "labels": series_key("kube_pod_labels", **ksm_pod, label_app=rollout.ref.name,
+                             label_pod_template_hash=new_hash if pod.new else old_hash),
+        "waiting": series_key("kube_pod_container_status_waiting_reason", **ksm_pod, container=CONTAINER,
+                              reason="CrashLoopBackOff"),
+        **{f"ready_{status}": series_key("kube_pod_status_ready", **ksm_pod, condition=status)
+           for status in ("true", "false", "unknown")},
     }
     bucket_keys = [series_key("http_request_duration_seconds_bucket", **base, le=le_label(b)) for b in BUCKETS]
     counters = _Counters()
@@ -654,6 +809,7 @@ def _pod_series(rollout: SimulatedRollout, pod: _Pod, scrape_seconds: float, ser
             cpu_pod += counters.cpu - before
         previous = t
         memory = rollout.pod_value("memory_limit_ratio", pod.new, _age(rollout, pod, t), t, pod.sim_id)
+        ready = _ready(rollout, pod.new, pod.index, t)
         missed = {what for what in ("app", "kubelet", "ksm") if any(g.covers(t, what, pod.new, pod.index)
                                                                    for g in gaps)}
         if t == first and (pod.new or first > rollout.start):
@@ -671,7 +827,13 @@ def _pod_series(rollout: SimulatedRollout, pod: _Pod, scrape_seconds: float, ser
             ("ksm", keys["cpu_limit"], cpu_limit),
             ("ksm", keys["restarts"], float(count)),
             ("ksm", keys["owner"], 1.0),
+            ("ksm", keys["labels"], 1.0),
+            ("ksm", keys["ready_true"], float(ready)),
+            ("ksm", keys["ready_false"], float(not ready)),
+            ("ksm", keys["ready_unknown"], 0.0),
         ]
+        if isinstance(rollout, ScenarioRollout) and rollout.crash_waiting(pod.new, pod.index, t):
+            samples.append(("ksm", keys["waiting"], 1.0))  # kube-state-metrics v2 writes the reason only while waiting
         for what, key, value in samples:
             if what not in missed:
                 _add(series, key, t, float(value))
@@ -689,7 +851,7 @@ def _accumulate(rollout: SimulatedRollout, pod: _Pod, t: float, seconds: float, 
     if not _ready(rollout, pod.new, pod.index, t):
         return
     new_count = rollout.new_pods(t)
-    ready_pods = sum(1 for i in range(new_count) if _ready(rollout, True, i, t)) + rollout.replicas - new_count
+    ready_pods = sum(1 for i in range(new_count) if _ready(rollout, True, i, t)) + rollout.old_pods(t)
     requests = _requests_per_second(rollout, t, ready_pods) * seconds
     error_ratio = min(max(value("error_ratio"), 0.0), 1.0)
     shares = bucket_shares(value("latency_p99"))
@@ -718,16 +880,24 @@ def _uniform(rng: np.random.Generator, low: float, high: float) -> float:
 
 
 def random_scenario(label: str, ref: DeploymentRef, start: float, seed: int) -> ScenarioRollout:
-    """One randomised scenario of a benchmark kind (`BAD_KINDS` or `HEALTHY_KINDS`) rolling out at `start`.
+    """One randomised scenario of a benchmark family (`BAD_KINDS` or `HEALTHY_KINDS`) rolling out at `start`.
 
-    Everything but the kind is drawn from `seed`: replicas, pace, baselines, traffic, warm-up, the magnitude of a
-    bad release, the shape and timing of a healthy release's confounder.
+    Everything but the family is drawn from `seed`, over ranges wider than we picture clusters to be (issue 15): the
+    scrape interval (10-60 s) and the queries' rate window (1m-5m, at least two scrapes), replicas (2-50, more
+    small Deployments than large), maxSurge and maxUnavailable (1 pod to 100 %), the readiness delay (5 s-3 min,
+    also the pace of the rollout's waves), traffic (0.2-2,000 requests/s per pod), counts drawn at random as real
+    counters grow, the noise shape (`NOISE_SHAPES`) and a season (none, daily, steps), the baselines, the
+    warm-up, the magnitude of a bad release and the shape and timing of a healthy release's confounder.
     """
     if label not in BAD_KINDS and label not in HEALTHY_KINDS:
         raise ValueError(f"unknown benchmark kind {label!r} (known: {', '.join(BAD_KINDS + HEALTHY_KINDS)})")
     rng = np.random.default_rng([seed, int(_digest(label)[:8], 16)])
-    replicas = int(rng.choice([3, 4, 5, 6, 8, 10, 12]))
-    step = float(rng.choice([30.0, 45.0, 60.0, 90.0, 120.0]))
+    replicas = round(math.exp(_uniform(rng, math.log(2.0), math.log(50.0))))
+    scrape = float(rng.choice(SCRAPE_CHOICES))
+    rate_window = str(rng.choice([w for w in RATE_WINDOWS if _window_seconds(w) >= 2 * scrape]))
+    readiness = math.exp(_uniform(rng, math.log(5.0), math.log(180.0)))
+    surge, unavailable = resolve_strategy(str(rng.choice(SURGE_CHOICES, p=SURGE_WEIGHTS)),
+                                          str(rng.choice(UNAVAILABLE_CHOICES, p=UNAVAILABLE_WEIGHTS)), replicas)
     baseline = PodBaseline(
         error_ratio=_uniform(rng, 0.001, 0.01),
         latency_p99=_uniform(rng, 0.08, 0.25),
@@ -737,12 +907,20 @@ def random_scenario(label: str, ref: DeploymentRef, start: float, seed: int) -> 
     old_hash = k8s_name_part(10, "old", seed, label, ref.namespace, ref.name)
     new_hash = k8s_name_part(10, "new", seed, label, ref.namespace, ref.name)
     common: dict[str, Any] = {
-        "label": label, "replicas": replicas, "step_seconds": step, "baseline": baseline, "seed": seed,
-        "requests_per_second": math.exp(_uniform(rng, math.log(2.0), math.log(50.0))),
-        "warmup_seconds": _uniform(rng, 20.0, 60.0), "warmup_latency": _uniform(rng, 0.05, 0.3),
-        "old_hash": old_hash, "new_hash": new_hash,
+        "label": label, "replicas": replicas, "step_seconds": readiness, "readiness_seconds": readiness,
+        "max_surge": surge, "max_unavailable": unavailable, "baseline": baseline, "seed": seed,
+        "requests_per_second": math.exp(_uniform(rng, math.log(0.2), math.log(2000.0))),
+        "warmup_seconds": readiness + _uniform(rng, 20.0, 60.0), "warmup_latency": _uniform(rng, 0.05, 0.3),
+        "old_hash": old_hash, "new_hash": new_hash, "count_noise": True, "scrape_seconds": scrape,
+        "rate_window": rate_window, "noise_shape": str(rng.choice(NOISE_SHAPES)),
+        "season": _random_season(rng, str(rng.choice(("none", *SEASON_SHAPES))), start, strong=False),
     }
-    duration = (replicas - 1) * step
+    if label == "late_leak":  # a quick rollout: every new pod at once, Ready within a minute
+        quick = _uniform(rng, 5.0, 60.0)
+        common.update(max_surge=replicas, max_unavailable=0, step_seconds=quick, readiness_seconds=quick,
+                      warmup_seconds=quick + _uniform(rng, 20.0, 60.0))
+    probe = ScenarioRollout(ref, "healthy", start, **common)
+    duration = math.ceil(replicas / probe.wave_pods) * probe.step_seconds
     if label in BAD_KINDS:
         magnitudes = {
             "error_regression": (0.06, 0.3), "latency_regression": (0.55, 1.5), "memory_leak": (0.02, 0.08),
@@ -750,27 +928,36 @@ def random_scenario(label: str, ref: DeploymentRef, start: float, seed: int) -> 
         }
         if label == "crash_loop":
             return ScenarioRollout(ref, label, start, crash_run_seconds=_uniform(rng, 5.0, 60.0), **common)
+        if label == "late_leak":
+            minutes_to_breach = _uniform(rng, 20.0, 40.0)
+            magnitude = (0.9 - baseline.memory_limit_ratio) / minutes_to_breach
+            return ScenarioRollout(ref, "memory_leak", start, magnitude=magnitude, **common)
+        if label == "mild_regression":  # worse than the old pods, below the threshold
+            if rng.random() < 0.5:
+                return ScenarioRollout(ref, "error_regression", start, magnitude=_uniform(rng, 0.015, 0.035), **common)
+            return ScenarioRollout(ref, "latency_regression", start, magnitude=_uniform(rng, 0.3, 0.42), **common)
         low, high = magnitudes[label]
         return ScenarioRollout(ref, label, start, magnitude=_uniform(rng, low, high), **common)
     confounder = label.removeprefix("healthy_")
     extra: dict[str, Any] = {}
     if confounder == "warmup":
-        extra = {"warmup_seconds": _uniform(rng, 30.0, 180.0), "warmup_latency": _uniform(rng, 0.2, 0.6),
+        extra = {"warmup_seconds": readiness + _uniform(rng, 30.0, 180.0), "warmup_latency": _uniform(rng, 0.2, 0.6),
                  "warmup_cpu": _uniform(rng, 0.1, 0.45), "warmup_errors": _uniform(rng, 0.0, 0.04)}
     elif confounder == "cache_plateau":
         plateau = _uniform(rng, max(0.6, baseline.memory_limit_ratio + 0.1), 0.85)
         extra = {"cache": CachePlateau(plateau=plateau, tau_seconds=_uniform(rng, 60.0, 300.0))}
     elif confounder == "traffic_surge":
         extra = {"surge": TrafficSurge(
-            at=_aligned(start + _uniform(rng, 0.0, duration + 60.0)), seconds=_uniform(rng, 180.0, 600.0),
-            factor=_uniform(rng, 1.5, 3.0), latency_gain=_uniform(rng, 0.2, 1.0), error_gain=_uniform(rng, 0.0, 0.01),
+            at=_aligned(start + _uniform(rng, 0.0, min(duration, 1800.0) + 60.0), scrape),
+            seconds=_uniform(rng, 180.0, 600.0), factor=_uniform(rng, 1.5, 3.0), latency_gain=_uniform(rng, 0.2, 1.0),
+            error_gain=_uniform(rng, 0.0, 0.01),
         )}
     elif confounder == "noisy_old_pod":
         extra = {"noisy": NoisyPod(index=int(rng.integers(replicas)), probability=_uniform(rng, 0.05, 0.25))}
     elif confounder == "scrape_gaps":
         gaps = []
         for _ in range(int(rng.integers(1, 4))):
-            at = _aligned(start + _uniform(rng, -120.0, duration + 300.0))
+            at = _aligned(start + _uniform(rng, -120.0, min(duration, 1800.0) + 300.0), scrape)
             what = str(rng.choice(["app", "kubelet", "all"]))
             pod = None if rng.random() < 0.5 else (bool(rng.random() < 0.5), int(rng.integers(replicas)))
             gaps.append(ScrapeGap(at, at + _uniform(rng, 30.0, 240.0), what, pod))
@@ -778,15 +965,50 @@ def random_scenario(label: str, ref: DeploymentRef, start: float, seed: int) -> 
     elif confounder == "counter_resets":
         resets = []
         for _ in range(int(rng.integers(1, 4))):
-            at = _aligned(start + _uniform(rng, 0.0, duration + 300.0))
-            new_count = min(replicas, 1 + int((at - start) // step)) if at >= start else 0
-            new = bool(rng.random() < new_count / replicas)
-            index = int(rng.integers(new_count if new else replicas - new_count))
+            at = _aligned(start + _uniform(rng, 0.0, min(duration, 1800.0) + 300.0), scrape)
+            new_count, old_count = probe.new_pods(at), probe.old_pods(at)
+            new = bool(rng.random() < new_count / max(new_count + old_count, 1))
+            index = int(rng.integers(max(new_count if new else old_count, 1)))
             resets.append(CounterReset(at, new, index))
         extra = {"resets": tuple(sorted(resets, key=lambda r: r.at))}
+    elif confounder == "seasonal":
+        extra = {"season": _random_season(rng, str(rng.choice(SEASON_SHAPES)), start, strong=True)}
     common.update(extra)
     return ScenarioRollout(ref, "healthy", start, **common)
 
 
-def _aligned(t: float, step: float = SCRAPE_SECONDS) -> float:
+def resolve_strategy(max_surge: str, max_unavailable: str, replicas: int) -> tuple[int, int]:
+    """A RollingUpdate's maxSurge and maxUnavailable ('1', '25%') in pods, as Kubernetes resolves them: a
+    percentage of the replicas, rounded up for the surge and down for unavailable; both 0 makes unavailable 1."""
+    def pods(value: str, round_up: bool) -> int:
+        if value.endswith("%"):
+            share = float(value[:-1]) / 100.0 * replicas
+            return math.ceil(share - 1e-9) if round_up else math.floor(share + 1e-9)
+        return int(value)
+
+    surge, unavailable = pods(max_surge, True), pods(max_unavailable, False)
+    return (surge, 1) if surge == 0 and unavailable == 0 else (surge, unavailable)
+
+
+def _window_seconds(window: str) -> float:
+    return float(window.removesuffix("m")) * 60.0
+
+
+def _random_season(rng: np.random.Generator, shape: str, start: float, strong: bool) -> Season | None:
+    """None, a daily sine or load steps around the rollout; `strong` for the healthy release whose confounder it is
+    (a daily ramp at its steepest during the rollout, or steps of x1.5-x2.5)."""
+    if shape == "none":
+        return None
+    if shape == "daily":
+        if strong:  # the rollout starts on the morning ramp: cos at -pi/2, rising at its fastest
+            return Season("daily", amplitude=_uniform(rng, 0.5, 0.9), peak_at=start + 6 * 3600.0
+                          + _uniform(rng, -1800.0, 1800.0))
+        return Season("daily", amplitude=_uniform(rng, 0.1, 0.5), peak_at=start + _uniform(rng, 0.0, 86400.0))
+    count = int(rng.integers(1, 3))
+    low, high = (1.5, 2.5) if strong else (0.7, 1.4)
+    times = sorted(start + _uniform(rng, -600.0 if not strong else 0.0, 2400.0) for _ in range(count))
+    return Season("steps", steps=tuple((t, _uniform(rng, low, high)) for t in times))
+
+
+def _aligned(t: float, step: float) -> float:
     return math.floor(t / step) * step

@@ -60,6 +60,10 @@ class SimulatedRollout:
         until = t if self.paused_at is None else min(t, self.paused_at)
         return min(self.replicas, 1 + int((until - self.start) // self.step_seconds))
 
+    def old_pods(self, t: float) -> int:
+        """Pods of the old revision at `t`: one goes as each new one comes."""
+        return self.replicas - self.new_pods(t)
+
     def pod_started(self, index: int) -> float:
         return self.start + index * self.step_seconds
 
@@ -81,7 +85,7 @@ class SimulatedRollout:
         new = self.new_pods(t)
         return RolloutState(
             ref=self.ref, revision=2, new_hash=NEW_HASH, old_hashes=(OLD_HASH,), desired_replicas=self.replicas,
-            updated_replicas=new, ready_new_replicas=new, old_replicas=self.replicas - new, started_at=self.start,
+            updated_replicas=new, ready_new_replicas=new, old_replicas=self.old_pods(t), started_at=self.start,
             completed_at=self.completed_at(t), paused=self.paused_at is not None, previous_revision=1,
             annotations=dict(self.annotations),
         )
@@ -117,7 +121,7 @@ class SimulatedRollout:
         if scope in (Scope.NEW, Scope.DEPLOYMENT):
             pods += [self.pod_value(metric, True, t - self.pod_started(i), t, i) for i in range(new)]
         if scope in (Scope.OLD, Scope.DEPLOYMENT):
-            pods += [self.pod_value(metric, False, 3600.0, t, 100 + i) for i in range(self.replicas - new)]
+            pods += [self.pod_value(metric, False, 3600.0, t, 100 + i) for i in range(self.old_pods(t))]
         if not pods:
             return None, 0
         if metric in ("error_ratio", "latency_p99"):

@@ -60,13 +60,24 @@ from predictor.domain import Action, Assessment, DeploymentRef, Observation, Rol
 from predictor.features import MetricHistory
 from predictor.models import SEASON_PREFIX, save_artifact
 from predictor.ports import RolloutSource
+from predictor.promql import QueryForm
 from predictor.scoring import MODEL_NAME, newest_usable_artifact
-from predictor.sources.prometheus import RangeSeries, parse_le
+from predictor.sources.prometheus import MAX_BATCH_QUERY_CHARS, RangeSeries, batches, parse_le
 from predictor.sources.split import (
+    SCOPE_LABEL,
+    SCOPES,
     PodSample,
+    ScopeValue,
+    aggregate_value,
+    batch_query,
     deployment_values,
+    needed_scopes,
     render_history_query,
+    render_history_scope_query,
     render_query,
+    render_scope_query,
+    scope_key,
+    scope_observations,
     split_observations,
     unknown_observations,
 )
@@ -267,6 +278,9 @@ def collect(
         union = _distinct_states(s for i in period for s in states[i].values())
         t0, t1 = times[period[0]], times[period[-1]]
         for spec in config.metrics:
+            if spec.form is QueryForm.AGGREGATE:
+                queries += _collect_aggregate(source, spec, union, period, times, step, states, observations)
+                continue
             numerator = _range_samples(source, spec, spec.query, union, t0, t1, step, "query")
             denominator = None
             queries += 1
@@ -391,6 +405,69 @@ def _add_range(
                 out[_ms(t)] = (samples, unlabelled + 1)
             else:
                 samples.append(PodSample(namespace, pod, float(value), le))
+
+
+_PartSeries = dict[str, dict[int, list[float]]]
+"""Per part of a batched aggregate range query (a scope of one rollout state): its values by time (ms)."""
+
+
+def _part_key(state: RolloutState, scope: Scope) -> str:
+    """A scope of one rollout state: a stretch may hold several states (revisions) of one Deployment."""
+    return f"{scope_key(state.ref, scope)}/{state.new_hash}/{','.join(state.old_hashes)}"
+
+
+def _aggregate_range(
+    source: RangeSource, spec: MetricSpec, parts: Sequence[tuple[str, str]], start: float, end: float, step: float,
+    which: str,
+) -> tuple[_PartSeries, int]:
+    """Aggregate-form parts in range queries batched as `PrometheusMetricSource` batches instant ones; the values
+    by part and time, and how many queries that took."""
+    out: _PartSeries = defaultdict(lambda: defaultdict(list))
+    groups = batches(parts, MAX_BATCH_QUERY_CHARS)
+    for batch in groups:
+        promql = batch[0][1] if len(batch) == 1 else batch_query(batch)
+        try:
+            matrix = source.fetch_range(promql, start, end, step)
+        except Exception as exc:
+            raise TrainingSourceError(f"metric {spec.name}: {which} range query {format_time(start)} – "
+                                      f"{format_time(end)} failed: {exc} (query: {promql[:300]})") from exc
+        for labels, times, values in matrix:
+            key = batch[0][0] if len(batch) == 1 else labels.get(SCOPE_LABEL, "")
+            for t, value in zip(times.tolist(), values.tolist(), strict=True):
+                out[key][_ms(t)].append(float(value))
+    return out, len(groups)
+
+
+def _collect_aggregate(
+    source: RangeSource, spec: MetricSpec, union: Sequence[RolloutState], period: Sequence[int],
+    times: Sequence[float], step: float, states: Mapping[int, Mapping[DeploymentRef, RolloutState]],
+    observations: dict[int, dict[str, list[Observation]]],
+) -> int:
+    """The observations of an aggregate-form metric over one stretch of ticks, as the live source gives them at
+    each tick: each scope of each rollout state in range queries; returns how many queries it took."""
+    t0, t1 = times[period[0]], times[period[-1]]
+    tables: list[_PartSeries] = []
+    queries = 0
+    for which, template in (("query", spec.query), ("denominator", spec.denominator)):
+        if template is None:
+            continue
+        parts = [(_part_key(s, scope), render_scope_query(template, s, scope)) for s in union
+                 for scope in needed_scopes(s)]
+        table, count = _aggregate_range(source, spec, parts, t0, t1, step, which)
+        tables.append(table)
+        queries += count
+    for i in period:
+        watched = list(states[i].values())
+        ms = _ms(times[i])
+
+        def at_tick(table: _PartSeries, watched: list[RolloutState] = watched, ms: int = ms) -> dict[str, list[float]]:
+            return {scope_key(s.ref, scope): table.get(_part_key(s, scope), {}).get(ms, [])
+                    for s in watched for scope in SCOPES}
+
+        observations[i][spec.name] = scope_observations(
+            spec, watched, at_tick(tables[0]), times[i],
+            denominator=at_tick(tables[1]) if spec.denominator is not None else None)
+    return queries
 
 
 def _split_at(
@@ -587,15 +664,10 @@ def fit_seasons(
     profiles: dict[str, SeasonalProfile] = {}
     skipped: dict[str, str] = {}
     for spec in config.metrics:
-        numerator = _history_samples(source, spec, spec.query, refs, start, end, step, "query")
-        denominator = (_history_samples(source, spec, spec.denominator, refs, start, end, step, "denominator")
-                       if spec.denominator is not None else {})
-        series: dict[DeploymentRef, tuple[list[float], list[float | None]]] = {ref: ([], []) for ref in refs}
-        for at in sorted(set(numerator) | set(denominator)):
-            values = deployment_values(spec, refs, numerator.get(at, []), denominator.get(at, []))
-            for ref, value in values.items():
-                series[ref][0].append(at / 1000.0)
-                series[ref][1].append(value.value)
+        if spec.form is QueryForm.AGGREGATE:
+            series = _aggregate_history(source, spec, refs, start, end, step)
+        else:
+            series = _per_pod_history(source, spec, refs, start, end, step)
         for ref, (times, values) in sorted(series.items()):
             key = f"{ref}:{spec.name}"
             try:
@@ -613,6 +685,53 @@ def fit_seasons(
     log.info("seasonal profiles: %d kept, %d not (%s)", len(profiles), len(skipped),
              "; ".join(f"{k}: {v}" for k, v in sorted(skipped.items())[:5]) or "none")
     return profiles, skipped
+
+
+_History = dict[DeploymentRef, tuple[list[float], list[float | None]]]
+
+
+def _per_pod_history(
+    source: RangeSource, spec: MetricSpec, refs: Sequence[DeploymentRef], start: float, end: float, step: float
+) -> _History:
+    numerator = _history_samples(source, spec, spec.query, refs, start, end, step, "query")
+    denominator = (_history_samples(source, spec, spec.denominator, refs, start, end, step, "denominator")
+                   if spec.denominator is not None else {})
+    series: _History = {ref: ([], []) for ref in refs}
+    for at in sorted(set(numerator) | set(denominator)):
+        values = deployment_values(spec, refs, numerator.get(at, []), denominator.get(at, []))
+        for ref, value in values.items():
+            series[ref][0].append(at / 1000.0)
+            series[ref][1].append(value.value)
+    return series
+
+
+def _aggregate_history(
+    source: RangeSource, spec: MetricSpec, refs: Sequence[DeploymentRef], start: float, end: float, step: float
+) -> _History:
+    """Each Deployment's value over its whole history: an aggregate-form query over all its pods, per Deployment,
+    batched, in range queries of at most MAX_RANGE_POINTS points."""
+    tables: list[_PartSeries] = []
+    for which, template in (("query", spec.query), ("denominator", spec.denominator)):
+        if template is None:
+            continue
+        parts = [(str(ref), render_history_scope_query(template, ref)) for ref in refs]
+        merged: _PartSeries = defaultdict(dict)
+        t0 = math.ceil(start / step) * step
+        while t0 <= end:
+            t1 = min(end, t0 + step * (MAX_RANGE_POINTS - 1))
+            table, _ = _aggregate_range(source, spec, parts, t0, t1, step, which)
+            for key, by_time in table.items():
+                merged[key].update(by_time)
+            t0 = t1 + step
+        tables.append(merged)
+    series: _History = {}
+    for ref in refs:
+        numerator = tables[0].get(str(ref), {})
+        denominator = tables[1].get(str(ref), {}) if len(tables) > 1 else {}
+        stamps = sorted(set(numerator) | set(denominator))
+        values: list[ScopeValue] = [aggregate_value(spec, numerator.get(at), denominator.get(at)) for at in stamps]
+        series[ref] = ([at / 1000.0 for at in stamps], [v.value for v in values])
+    return series
 
 
 def _history_samples(

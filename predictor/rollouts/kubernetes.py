@@ -1,4 +1,4 @@
-"""The live RolloutSource: Deployments and ReplicaSets of the targeted namespaces, kept in memory by watches.
+"""The live RolloutSource: Deployments, ReplicaSets and Pods of the targeted namespaces, kept in memory by watches.
 
 The daemon builds one at start, calls `sync()` once, then `list_rollouts()` every tick and `close()` on
 shutdown. A tick reads the cache only; background threads keep it current the way client-go's reflector does:
@@ -177,9 +177,11 @@ def _describe(exc: BaseException) -> str:
 class KubernetesRolloutSource:
     """RolloutSource over the Kubernetes API for the Deployments that `targets` select.
 
-    One Deployment informer and one ReplicaSet informer per distinct (namespace, selector); the target's label
-    selector applies to both, so the pod template labels (which ReplicaSets carry) must include the labels the
-    selector names. Target names are filtered here, not by the API.
+    One Deployment, one ReplicaSet and one Pod informer per distinct (namespace, selector); the target's label
+    selector applies to all three, so the pod template labels (which ReplicaSets and Pods carry) must include the
+    labels the selector names. Target names are filtered here, not by the API. The Pods fill `RolloutState.pods`,
+    so that samples are assigned to new and old pods by their `pod-template-hash` label, not their names (which
+    Kubernetes cuts for Deployment names of about 47 characters or more).
     """
 
     def __init__(
@@ -199,11 +201,13 @@ class KubernetesRolloutSource:
         self._start_lock = threading.Lock()
         self._warned_orphans: set[tuple[str, str]] = set()
         apps = client.AppsV1Api(api_client)
+        core = client.CoreV1Api(api_client)
         self._informers: dict[tuple[str, str, str], _Informer] = {}
         for target in self._targets:
             for kind, method in (
                 ("Deployment", apps.list_namespaced_deployment),
                 ("ReplicaSet", apps.list_namespaced_replica_set),
+                ("Pod", core.list_namespaced_pod),
             ):
                 key = (kind, target.namespace, target.selector)
                 if key not in self._informers:
@@ -241,6 +245,7 @@ class KubernetesRolloutSource:
         for target in self._targets:
             deployments = self._informers[("Deployment", target.namespace, target.selector)].snapshot()
             replicasets = self._informers[("ReplicaSet", target.namespace, target.selector)].snapshot()
+            pods = self._informers[("Pod", target.namespace, target.selector)].snapshot()
             for deployment in deployments:
                 name = str(deployment["metadata"]["name"])
                 key = (target.namespace, name)
@@ -248,7 +253,7 @@ class KubernetesRolloutSource:
                     continue
                 seen.add(key)
                 self._warn_if_orphan(deployment, replicasets, target)
-                states.append(rollout_state_from_objects(deployment, replicasets))
+                states.append(rollout_state_from_objects(deployment, replicasets, pods))
         states.sort(key=lambda state: state.ref)
         return states
 

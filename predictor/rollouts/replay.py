@@ -10,7 +10,11 @@ What kube-state-metrics cannot tell, and how it is approximated:
    are recognised; otherwise ReplicaSets are ranked by `kube_replicaset_created`: the newest one with replicas
    is the new revision, its rank (1-based) its revision number, and `is_rollback` stays False.
 2. The rollout's start is the new ReplicaSet's creation time (for a rollback, that of the reused ReplicaSet).
-3. Label selectors are evaluated on `kube_deployment_labels`, which only carries allow-listed labels
+3. Pods: `kube_pod_owner` gives each pod's ReplicaSet, `kube_pod_labels{label_pod_template_hash}` its hash
+   where exported (`--metric-labels-allowlist=pods=[pod-template-hash]`; else the owner's name gives it),
+   `kube_pod_status_ready`, `kube_pod_container_status_restarts_total`, `_waiting_reason` and `kube_pod_created`
+   the rest of `PodState`.
+4. Label selectors are evaluated on `kube_deployment_labels`, which only carries allow-listed labels
    (`--metric-labels-allowlist=deployments=[app,...]`); a selector on a label no Deployment exposes is an error.
 """
 
@@ -26,13 +30,16 @@ from dataclasses import dataclass, replace
 from prometheus_api_client import PrometheusConnect
 
 from predictor.config import PrometheusConfig, Target
-from predictor.domain import DeploymentRef, RolloutState
+from predictor.domain import DeploymentRef, PodState, RolloutState
 from predictor.sources.prometheus import Labels, PrometheusClient
 from predictor.sources.split import escape_promql_string, escape_regex
 
 _LOG = logging.getLogger(__name__)
 
 REVISION_LABEL = "annotation_deployment_kubernetes_io_revision"
+POD_HASH_LABEL = "label_pod_template_hash"
+"""kube-state-metrics' name for a Pod's `pod-template-hash` label (exported with
+`--metric-labels-allowlist=pods=[pod-template-hash]`); without it the hash is read from the owner's name."""
 
 
 class ReplayError(RuntimeError):
@@ -225,10 +232,8 @@ class KubeStateMetricsRolloutSource:
         rs_created = self._by("kube_replicaset_created", rs, at)
         rs_revision = self._by("kube_replicaset_annotations", f"{rs}, {REVISION_LABEL}", at,
                                f', {REVISION_LABEL}!=""')
-        pods = self._instant(
-            f'count by (namespace, owner_name) (kube_pod_owner{{{self._ns_matcher}, owner_kind="ReplicaSet"}})', at
-        )
-        pods_by_rs = {(labels.get("namespace", ""), labels.get("owner_name", "")): int(v) for labels, v in pods}
+        pod_states = self._pods(at)
+        pods_by_rs = {key: len(found) for key, found in pod_states.items()}
         revisions: dict[tuple[str, str], int] = {}
         for (ns, name, raw), _ in rs_revision.items():
             try:
@@ -264,6 +269,11 @@ class KubeStateMetricsRolloutSource:
                 updated=_int(updated.get(key)), generation=generation.get(key), observed=observed.get(key),
                 paused=paused.get(key, 0.0) >= 1, stuck=stuck.get(key, 0.0) >= 1,
             )
+            tracked = {h for h in (state.new_hash, *state.old_hashes) if h}
+            state = replace(state, pods=tuple(sorted(
+                (pod for rs in owned.get(key, []) if rs.hash in tracked for pod in pod_states.get((ns, rs.name), ())
+                 if pod.template_hash in tracked),
+                key=lambda pod: pod.name)))
             states.append(state)
             if complete_now and new_rs is not None:
                 # A ReplicaSet created after the new one means the new one was not current then (a rollback).
@@ -280,6 +290,33 @@ class KubeStateMetricsRolloutSource:
             done = completed.get(state.ref)
             result.append(replace(state, completed_at=done) if done is not None else state)
         return result
+
+    def _pods(self, at: float) -> dict[tuple[str, str], list[PodState]]:
+        """The pods of every ReplicaSet at `at`, by (namespace, ReplicaSet): owner from `kube_pod_owner`, hash from
+        `kube_pod_labels{label_pod_template_hash}` (when kube-state-metrics exports that label) or else the
+        owner's name, and where present readiness, restarts, a waiting reason and the creation time."""
+        pod = "namespace, pod"
+        owners = self._by("kube_pod_owner", f"{pod}, owner_name", at, ', owner_kind="ReplicaSet"')
+        hashes = self._by("kube_pod_labels", f"{pod}, {POD_HASH_LABEL}", at, f', {POD_HASH_LABEL}!=""')
+        ready = self._by("kube_pod_status_ready", pod, at, ', condition="true"')
+        created = self._by("kube_pod_created", pod, at)
+        waiting = self._by("kube_pod_container_status_waiting_reason", f"{pod}, reason", at)
+        restarts = {
+            (labels.get("namespace", ""), labels.get("pod", "")): value
+            for labels, value in self._instant(
+                f"sum by ({pod}) (kube_pod_container_status_restarts_total{{{self._ns_matcher}}})", at)
+        }
+        label_hash = {(ns, name): value for (ns, name, value) in hashes}
+        reasons = {(ns, name): reason for (ns, name, reason), value in sorted(waiting.items()) if value >= 1 and reason}
+        found: dict[tuple[str, str], list[PodState]] = defaultdict(list)
+        for ns, name, owner in sorted(owners):
+            key = (ns, name)
+            template_hash = label_hash.get(key) or _hash_of(owner)
+            found[(ns, owner)].append(PodState(
+                name=name, template_hash=template_hash, ready=ready.get(key, 0.0) >= 1,
+                restarts=_int(restarts.get(key)), waiting_reason=reasons.get(key), created_at=created.get(key),
+            ))
+        return found
 
     def _select(self, keys: Iterable[tuple[str, ...]], at: float) -> set[tuple[str, str]]:
         present = {(k[0], k[1]) for k in keys}
@@ -453,6 +490,11 @@ def _complete_at(
         return False  # the new ReplicaSet did not exist yet
     old = sum(grids["rs_spec"].get((item.ref.namespace, rs), {}).get(ms, 0.0) for rs in item.old_rs)
     return old == 0
+
+
+def _hash_of(replicaset: str) -> str:
+    """A ReplicaSet's pod-template-hash from its name, `<deployment>-<hash>` (ReplicaSet names are not cut)."""
+    return replicaset.rsplit("-", 1)[-1]
 
 
 def _int(value: float | None) -> int:

@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from predictor.domain import POD_TEMPLATE_HASH_LABEL, REVISION_ANNOTATION, DeploymentRef, RolloutState
+from predictor.domain import POD_TEMPLATE_HASH_LABEL, REVISION_ANNOTATION, DeploymentRef, PodState, RolloutState
 
 Obj = Mapping[str, Any]
 
@@ -221,8 +221,48 @@ def ready_allowance(deployment: Obj) -> float | None:
     return START_SLACK_SECONDS + slowest + max(0, _int(spec.get("minReadySeconds")))
 
 
-def rollout_state_from_objects(deployment: Obj, replicasets: Sequence[Obj]) -> RolloutState:
-    """Build the RolloutState of one Deployment from it and the ReplicaSets of its namespace (others ignored).
+def pod_state(pod: Obj) -> PodState:
+    """A Pod (dict form) as the rollout state keeps it: its `pod-template-hash` label, readiness (the Ready
+    condition), restarts summed over its containers, the first waiting container's reason, its creation time."""
+    meta = _meta(pod)
+    status = pod.get("status") or {}
+    containers = list(status.get("containerStatuses") or [])
+    waiting = [((c.get("state") or {}).get("waiting") or {}).get("reason")
+               for c in [*containers, *(status.get("initContainerStatuses") or [])]]
+    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
+    return PodState(
+        name=str(meta.get("name", "")),
+        template_hash=str((meta.get("labels") or {}).get(POD_TEMPLATE_HASH_LABEL, "")),
+        ready=ready,
+        restarts=sum(_int(c.get("restartCount")) for c in containers),
+        waiting_reason=next((str(reason) for reason in waiting if reason), None),
+        created_at=_created(pod),
+    )
+
+
+def pods_of(replicasets: Sequence[Obj], pods: Sequence[Obj]) -> tuple[PodState, ...]:
+    """The pods `replicasets` control (controller ownerReference, by uid; by name without uids) that carry a
+    `pod-template-hash` label, sorted by name."""
+    uids = {str(_meta(rs).get("uid")) for rs in replicasets if _meta(rs).get("uid")}
+    names = {str(_meta(rs).get("name")) for rs in replicasets}
+    found = []
+    for pod in pods:
+        for ref in _meta(pod).get("ownerReferences") or []:
+            if not ref.get("controller") or ref.get("kind", "ReplicaSet") != "ReplicaSet":
+                continue
+            if (ref.get("uid") and ref["uid"] in uids) or (not ref.get("uid") and ref.get("name") in names):
+                state = pod_state(pod)
+                if state.template_hash:
+                    found.append(state)
+                break
+    return tuple(sorted(found, key=lambda p: p.name))
+
+
+def rollout_state_from_objects(
+    deployment: Obj, replicasets: Sequence[Obj], pods: Sequence[Obj] | None = None
+) -> RolloutState:
+    """Build the RolloutState of one Deployment from it and the ReplicaSets of its namespace (others ignored),
+    and, when `pods` (its namespace's Pods) are given, the pods of its new and old ReplicaSets.
 
     Replica counts come from the ReplicaSets (the pods as they are), completion from the Deployment's status
     as `kubectl rollout status` reads it. A Deployment whose new template has no ReplicaSet yet (just changed,
@@ -289,6 +329,7 @@ def rollout_state_from_objects(deployment: Obj, replicasets: Sequence[Obj]) -> R
         is_rollback=is_rollback,
         previous_revision=previous_revision_below(revision, owned),
         annotations={str(k): str(v) for k, v in (meta.get("annotations") or {}).items()},
+        pods=pods_of([rs for rs in owned if rs is new_rs or rs in old], pods) if pods else (),
         ready_allowance_seconds=ready_allowance(deployment),
     )
 

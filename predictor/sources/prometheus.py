@@ -25,14 +25,30 @@ from prometheus_api_client import PrometheusApiClientException, PrometheusConnec
 from urllib3.util.retry import Retry
 
 from predictor.config import MetricSpec, PrometheusConfig
-from predictor.domain import Observation, RolloutState
-from predictor.sources.split import PodSample, render_query, split_observations, unknown_observations
+from predictor.domain import DeploymentRef, Observation, RolloutState
+from predictor.promql import QueryForm
+from predictor.sources.split import (
+    SCOPE_LABEL,
+    PodSample,
+    batch_query,
+    needed_scopes,
+    render_query,
+    render_scope_query,
+    scope_key,
+    scope_observations,
+    split_observations,
+    unknown_observations,
+)
 
 _LOG = logging.getLogger(__name__)
 
 READY_TIMEOUT_SECONDS = 2.0
 """`is_online` gives up after this long (or the configured timeout if shorter)."""
 MAX_POINTS_PER_RANGE_QUERY = 10_000
+MAX_BATCH_QUERY_CHARS = 32_768
+"""An aggregate-form metric's scopes go in one query up to this length (POSTed, so no URL limit applies; it keeps
+one query's parse and evaluation short); a longer batch, or one Prometheus refuses (400, 413, 422), is halved."""
+_SPLIT_STATUSES = frozenset({400, 413, 414, 422})
 """Prometheus refuses range queries of more than 11,000 points per series; longer ranges are split."""
 
 Labels = dict[str, str]
@@ -88,6 +104,8 @@ class PrometheusClient:
         self._connect = PrometheusConnect(
             url=self.url, session=self._session, retry=retry, timeout=self.timeout_seconds, method=method
         )
+        self.queries_sent = 0
+        """Instant and range requests sent (what a tick costs; `benchmarks/query_cost.py` reads it)."""
 
     @classmethod
     def from_connect(cls, connect: PrometheusConnect, timeout_seconds: float = 10.0) -> PrometheusClient:
@@ -100,6 +118,7 @@ class PrometheusClient:
         client._token = None
         client._session = None
         client._connect = connect
+        client.queries_sent = 0
         return client
 
     # --- auth -------------------------------------------------------------------------------------------------
@@ -176,6 +195,7 @@ class PrometheusClient:
             return False
 
     def _call(self, request: Any) -> Any:
+        self.queries_sent += 1
         try:
             self._refresh_token()
             return request()
@@ -198,15 +218,24 @@ class PrometheusClient:
 
 
 class PrometheusMetricSource:
-    """`MetricSource` over Prometheus: one instant query per metric per tick (two with a denominator)."""
+    """`MetricSource` over Prometheus. A per-pod metric costs one instant query per tick for all rollouts (two with
+    a denominator); an aggregate one is rendered per scope of each rollout, the scopes batched into as few
+    queries as `max_batch_chars` allows (see `queries_per_tick`)."""
 
-    def __init__(self, config: PrometheusConfig) -> None:
+    def __init__(self, config: PrometheusConfig, *, max_batch_chars: int = MAX_BATCH_QUERY_CHARS) -> None:
         self.client = PrometheusClient(config)
+        self.max_batch_chars = max_batch_chars
 
     def fetch(self, spec: MetricSpec, rollouts: Sequence[RolloutState], at: float) -> list[Observation]:
         """Observations of `spec` at `at` for all rollouts (deployment, new, old each). Never raises."""
         if not rollouts:
             return []
+        if spec.form is QueryForm.AGGREGATE:
+            try:
+                return self._fetch_aggregate(spec, rollouts, at)
+            except Exception as exc:  # as below: a bug must not stop the tick
+                _LOG.exception("metric %s: unexpected error", spec.name)
+                return unknown_observations(rollouts, spec.name, at, f"{spec.name}: internal error: {exc!r}")
         try:
             samples = self._fetch_samples(spec, spec.query, rollouts, at, "query")
             if isinstance(samples, str):
@@ -255,12 +284,109 @@ class PrometheusMetricSource:
             _LOG.debug("metric %s: ignored %d series without namespace/pod labels", spec.name, unlabelled)
         return samples
 
+    def _fetch_aggregate(self, spec: MetricSpec, rollouts: Sequence[RolloutState], at: float) -> list[Observation]:
+        values, errors = self._fetch_scopes(spec, spec.query, rollouts, at, "query")
+        denominator: dict[str, list[float]] | None = None
+        if spec.denominator is not None:
+            denominator, den_errors = self._fetch_scopes(spec, spec.denominator, rollouts, at, "denominator")
+            errors = {**den_errors, **errors}
+        return scope_observations(spec, rollouts, values, at, denominator=denominator, errors=errors)
+
+    def _fetch_scopes(
+        self, spec: MetricSpec, template: str, rollouts: Sequence[RolloutState], at: float, which: str
+    ) -> tuple[dict[str, list[float]], dict[str, str]]:
+        """Each needed scope's series values by `scope_key`, and the error of each scope whose query failed."""
+        parts = [(scope_key(r.ref, scope), render_scope_query(template, r, scope))
+                 for r in rollouts for scope in needed_scopes(r)]
+        values: dict[str, list[float]] = {}
+        errors: dict[str, str] = {}
+        for batch in batches(parts, self.max_batch_chars):
+            self._run_batch(spec, batch, at, which, values, errors)
+        return values, errors
+
+    def _run_batch(
+        self, spec: MetricSpec, batch: Sequence[tuple[str, str]], at: float, which: str,
+        values: dict[str, list[float]], errors: dict[str, str],
+    ) -> None:
+        promql = batch[0][1] if len(batch) == 1 else batch_query(batch)
+        try:
+            series = self.client.query(promql, at)
+        except QueryError as exc:
+            if len(batch) > 1 and exc.status in _SPLIT_STATUSES:
+                _LOG.debug("metric %s: %s of %d scopes refused (%s): halving", spec.name, which, len(batch), exc)
+                half = len(batch) // 2
+                self._run_batch(spec, batch[:half], at, which, values, errors)
+                self._run_batch(spec, batch[half:], at, which, values, errors)
+                return
+            _LOG.warning("metric %s: %s failed: %s", spec.name, which, exc)
+            for key, _ in batch:
+                errors[key] = f"{which} failed: {exc}"
+            return
+        if len(batch) == 1:
+            values[batch[0][0]] = [value for _, value in series]
+            return
+        wanted = {key for key, _ in batch}
+        for labels, value in series:
+            key = labels.get(SCOPE_LABEL)
+            if key in wanted:
+                values.setdefault(key, []).append(value)
+
+    def queries_per_tick(self, spec: MetricSpec, rollouts: Sequence[RolloutState]) -> int:
+        """What `fetch` costs in queries when none is refused: per pod 1 (2 with a denominator) whatever the
+        rollouts; aggregate, the batches of the rollouts' scopes (times 2 with a denominator)."""
+        templates = 1 if spec.denominator is None else 2
+        if spec.form is not QueryForm.AGGREGATE:
+            return templates if rollouts else 0
+        total = 0
+        for template in (spec.query, spec.denominator):
+            if template is not None:
+                parts = [(scope_key(r.ref, s), render_scope_query(template, r, s)) for r in rollouts
+                         for s in needed_scopes(r)]
+                total += len(batches(parts, self.max_batch_chars))
+        return total
+
     def is_online(self) -> bool:
         return self.client.is_ready()
 
     def fetch_range(self, query: str, start: float, end: float, step: float) -> list[RangeSeries]:
         """Range query for the backtest and training: (labels, times, values) per series. Raises QueryError."""
         return self.client.query_range(query, start, end, step)
+
+
+def describe_cost(spec: MetricSpec, max_batch_chars: int = MAX_BATCH_QUERY_CHARS) -> str:
+    """The start-up line of one metric: its form and what it costs in queries per tick."""
+    templates = [t for t in (spec.query, spec.denominator) if t is not None]
+    per = "2 queries (query and denominator)" if len(templates) == 2 else "1 query"
+    if spec.form is not QueryForm.AGGREGATE:
+        return (f"metric {spec.name}: per-pod form (the result keeps namespace and pod): {per} per tick for all "
+                "Deployments, split per pod")
+    example = RolloutState(ref=DeploymentRef("a-namespace", "a-deployment-name"), revision=2, new_hash="5d8f7c6b9a",
+                           old_hashes=("7b9c4d2e1f",), desired_replicas=1, updated_replicas=1, ready_new_replicas=1,
+                           old_replicas=1, started_at=0.0)
+    longest = max(len(batch_query([(scope_key(example.ref, s), render_scope_query(t, example, s))]))
+                  for t in templates for s in needed_scopes(example))
+    rollouts_per_query = max(1, max_batch_chars // (3 * (longest + len(" or "))))
+    return (f"metric {spec.name}: aggregate form (pods aggregated away): {per} per scope (the Deployment, its new "
+            f"pods, its old pods) of each rollout, batched: {per} per tick for every {rollouts_per_query} rollouts "
+            f"or so ({max_batch_chars} characters a query)")
+
+
+def batches(parts: Sequence[tuple[str, str]], max_chars: int) -> list[list[tuple[str, str]]]:
+    """Consecutive runs of (scope key, rendered query) whose `batch_query` stays within `max_chars` (a single part
+    longer than that is a batch of its own)."""
+    result: list[list[tuple[str, str]]] = []
+    current: list[tuple[str, str]] = []
+    length = 0
+    for part in parts:
+        size = len(batch_query([part])) + len(" or ")
+        if current and length + size > max_chars:
+            result.append(current)
+            current, length = [], 0
+        current.append(part)
+        length += size
+    if current:
+        result.append(current)
+    return result
 
 
 # --- parsing ---------------------------------------------------------------------------------------------------

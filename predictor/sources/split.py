@@ -2,9 +2,11 @@
 
 The Prometheus source (and anything else that gets one value per pod) calls `render_query` to build the one
 query of a tick for all rollouts, then `split_observations` to cut the result into the deployment, new-pod and
-old-pod scopes of each rollout. Pods are named `<deployment>-<pod-template-hash>-<suffix>`; a pod belongs to a
-rollout when its namespace matches and its name, split from the right (Deployment names may contain '-'),
-gives the Deployment's name and one of the rollout's tracked hashes.
+old-pod scopes of each rollout. A pod belongs to a rollout's scope by its `pod-template-hash` label when the
+rollout source knows the pod (`RolloutState.pods`); else by its name, `<deployment>-<pod-template-hash>-<suffix>`
+split from the right (Deployment names may contain '-'), or the 58-character prefix Kubernetes cuts long names
+to. A query in the aggregate form (`predictor.promql`) is rendered per scope instead (`render_scope_query`,
+batched by `batch_query`) and its values become the same observations (`scope_observations`).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import math
 import re
 import statistics
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -67,18 +69,74 @@ def _alternation(values: Iterable[str]) -> str:
     return "|".join(escape_regex(v) for v in unique)
 
 
+MAX_GENERATED_PREFIX = 58
+"""Kubernetes cuts a generated name's prefix (`<replicaset>-`) to 58 characters before its 5-character suffix
+(`names.SimpleNameGenerator`): a pod's name then no longer spells its Deployment and hash in full."""
+
+
+def name_is_cut(name: str, template_hash: str) -> bool:
+    """Whether the pods of this Deployment and hash have names cut short (so their names do not give the hash)."""
+    return len(f"{name}-{template_hash}-") > MAX_GENERATED_PREFIX
+
+
+def _hash_patterns(name: str, hashes: Iterable[str]) -> list[str]:
+    """Name patterns of the pods of `hashes`: `<name>-<hash>-<suffix>`, or the cut prefix and the 5-character
+    suffix where Kubernetes cut the name."""
+    patterns = []
+    whole = sorted(h for h in set(hashes) if h and not name_is_cut(name, h))
+    if whole:
+        patterns.append(f"{escape_regex(name)}-(?:{_alternation(whole)})-{_POD_SUFFIX}")
+    for prefix in sorted({f"{name}-{h}-"[:MAX_GENERATED_PREFIX] for h in hashes if h and name_is_cut(name, h)}):
+        patterns.append(f"{escape_regex(prefix)}[a-z0-9]{{5}}")
+    return patterns
+
+
+def scope_hashes(rollout: RolloutState, scope: Scope) -> tuple[str, ...]:
+    """The pod-template-hashes whose pods make up a scope of a rollout."""
+    if scope is Scope.NEW:
+        return (rollout.new_hash,) if rollout.new_hash else ()
+    if scope is Scope.OLD:
+        return tuple(h for h in rollout.old_hashes if h and h != rollout.new_hash)
+    return tuple(h for h in (rollout.new_hash, *rollout.old_hashes) if h)
+
+
+def scope_pods_regex(rollout: RolloutState, scope: Scope) -> str:
+    """A regex (not yet string-escaped) of the pods of one scope of a rollout: the name pattern of its hashes
+    (which also matches pods gone since, whose series a rate window still holds); where Kubernetes cut the names,
+    the names of the pods the source knows by their `pod-template-hash` label (the cut prefix may be shared by
+    two hashes), or the cut prefix when it knows none."""
+    hashes = scope_hashes(rollout, scope)
+    cut = [h for h in hashes if name_is_cut(rollout.ref.name, h)]
+    patterns = [escape_regex(pod) for pod in sorted({p.name for p in rollout.pods if p.template_hash in cut})]
+    patterns += _hash_patterns(rollout.ref.name, [h for h in hashes if h not in cut or not rollout.pods])
+    if not patterns:
+        return NEVER_MATCHES
+    return patterns[0] if len(patterns) == 1 else f"(?:{'|'.join(patterns)})"
+
+
 def pods_regex(rollouts: Sequence[RolloutState]) -> str:
-    """A regex (not yet string-escaped) matching `<name>-<hash>-<suffix>` for every tracked hash of every rollout."""
+    """A regex (not yet string-escaped) matching the pods of every tracked hash of every rollout: by name pattern
+    `<name>-<hash>-<suffix>` (the cut prefix where Kubernetes cut the name), and by name for pods known by their
+    labels."""
     hashes: dict[str, set[str]] = defaultdict(set)
+    known: set[str] = set()
     for rollout in rollouts:
-        tracked = [h for h in (rollout.new_hash, *rollout.old_hashes) if h]
+        tracked = scope_hashes(rollout, Scope.DEPLOYMENT)
         hashes[rollout.ref.name].update(tracked)
-    parts = [
-        f"{escape_regex(name)}-(?:{_alternation(tracked)})" for name, tracked in sorted(hashes.items()) if tracked
+        known.update(p.name for p in rollout.pods
+                     if p.template_hash in tracked and name_is_cut(rollout.ref.name, p.template_hash))
+    whole = [
+        f"{escape_regex(name)}-(?:{_alternation(h for h in tracked if not name_is_cut(name, h))})"
+        for name, tracked in sorted(hashes.items()) if any(not name_is_cut(name, h) for h in tracked)
     ]
+    extra = [pattern for name, tracked in sorted(hashes.items())
+             for pattern in _hash_patterns(name, [h for h in tracked if name_is_cut(name, h)])]
+    extra += [escape_regex(pod) for pod in sorted(known)]
+    parts = [f"(?:{'|'.join(whole)})-{_POD_SUFFIX}"] if whole else []
+    parts += extra
     if not parts:
         return NEVER_MATCHES
-    return f"(?:{'|'.join(parts)})-{_POD_SUFFIX}"
+    return parts[0] if len(parts) == 1 else f"(?:{'|'.join(parts)})"
 
 
 def render_query(template: str, rollouts: Sequence[RolloutState]) -> str:
@@ -96,6 +154,32 @@ def render_history_query(template: str, refs: Sequence[DeploymentRef]) -> str:
     names = _alternation(ref.name for ref in refs)
     pods = f"(?:{names})-{_POD_SUFFIX}-{_POD_SUFFIX}" if refs else NEVER_MATCHES
     return _render(template, refs, pods)
+
+
+def render_history_scope_query(template: str, ref: DeploymentRef) -> str:
+    """An aggregate-form template over every pod of one Deployment, whatever its revision (its history)."""
+    return _render(template, [ref], f"{escape_regex(ref.name)}-{_POD_SUFFIX}-{_POD_SUFFIX}")
+
+
+def render_scope_query(template: str, rollout: RolloutState, scope: Scope) -> str:
+    """An aggregate-form template for one scope of one rollout: `{pods}` matches that scope's pods only."""
+    return _render(template, [rollout.ref], scope_pods_regex(rollout, scope))
+
+
+SCOPE_LABEL = "predictor_scope"
+"""The label a batched aggregate query puts on each part's series: `<namespace>/<deployment>/<scope>`."""
+
+
+def scope_key(ref: DeploymentRef, scope: Scope) -> str:
+    return f"{ref.namespace}/{ref.name}/{scope}"
+
+
+def batch_query(parts: Sequence[tuple[str, str]]) -> str:
+    """Several (scope key, rendered query) in one: each part labelled with its key, joined by `or` (the parts'
+    series differ in that label, so `or` keeps them all)."""
+    return " or ".join(
+        f'label_replace({rendered}, "{SCOPE_LABEL}", "{escape_promql_string(key)}", "", "")' for key, rendered in parts
+    )
 
 
 def _render(template: str, refs: Sequence[DeploymentRef], pods: str) -> str:
@@ -131,17 +215,54 @@ def _membership(rollouts: Sequence[RolloutState]) -> dict[tuple[str, str, str], 
     return index
 
 
+def _pod_membership(rollouts: Sequence[RolloutState]) -> dict[tuple[str, str], _Member]:
+    """(namespace, pod name) -> member, for the pods a source knows by their `pod-template-hash` label."""
+    index: dict[tuple[str, str], _Member] = {}
+    for rollout in rollouts:
+        old = set(rollout.old_hashes)
+        for pod in rollout.pods:
+            if rollout.new_hash and pod.template_hash == rollout.new_hash:
+                index[(rollout.ref.namespace, pod.name)] = _Member(rollout.ref, Scope.NEW)
+            elif pod.template_hash in old:
+                index.setdefault((rollout.ref.namespace, pod.name), _Member(rollout.ref, Scope.OLD))
+    return index
+
+
+def _cut_membership(rollouts: Sequence[RolloutState]) -> dict[tuple[str, str], _Member | None]:
+    """(namespace, cut prefix) -> member for hashes whose pod names Kubernetes cut; None where two hashes of the
+    rollout share the cut prefix (the name cannot tell them apart)."""
+    index: dict[tuple[str, str], _Member | None] = {}
+    for rollout in rollouts:
+        for scope in (Scope.NEW, Scope.OLD):
+            for template_hash in scope_hashes(rollout, scope):
+                if not name_is_cut(rollout.ref.name, template_hash):
+                    continue
+                key = (rollout.ref.namespace, f"{rollout.ref.name}-{template_hash}-"[:MAX_GENERATED_PREFIX])
+                member = _Member(rollout.ref, scope)
+                index[key] = member if index.get(key, member) == member else None
+    return index
+
+
 def assign_samples(
     rollouts: Sequence[RolloutState], samples: Iterable[PodSample]
 ) -> dict[tuple[DeploymentRef, Scope], list[PodSample]]:
-    """Group samples by (rollout, scope); DEPLOYMENT gets the union of NEW and OLD. Unknown pods are ignored."""
+    """Group samples by (rollout, scope); DEPLOYMENT gets the union of NEW and OLD. Unknown pods are ignored.
+
+    A pod belongs to a scope by its `pod-template-hash` label where the source knows the pod (`RolloutState.pods`),
+    else by its name: `<deployment>-<hash>-<suffix>`, or the prefix Kubernetes cut to 58 characters."""
     index = _membership(rollouts)
+    by_pod = _pod_membership(rollouts)
+    by_cut = _cut_membership(rollouts)
     groups: dict[tuple[DeploymentRef, Scope], list[PodSample]] = defaultdict(list)
     for sample in samples:
-        parsed = parse_pod_name(sample.pod)
-        if parsed is None:
-            continue
-        member = index.get((sample.namespace, parsed[0], parsed[1]))
+        member = by_pod.get((sample.namespace, sample.pod))
+        if member is None and len(sample.pod) == MAX_GENERATED_PREFIX + 5:
+            member = by_cut.get((sample.namespace, sample.pod[:MAX_GENERATED_PREFIX]))
+        if member is None:
+            parsed = parse_pod_name(sample.pod)
+            if parsed is None:
+                continue
+            member = index.get((sample.namespace, parsed[0], parsed[1]))
         if member is None:
             continue
         groups[(member.ref, member.scope)].append(sample)
@@ -447,3 +568,103 @@ def unknown_observations(rollouts: Sequence[RolloutState], metric: str, at: floa
             for scope in SCOPES
         )
     return observations
+
+
+# --- the aggregate form: one value per scope ---------------------------------------------------------------------
+
+
+def needed_scopes(rollout: RolloutState) -> tuple[Scope, ...]:
+    """The scopes of a rollout an aggregate query is rendered for (those with pods to select)."""
+    return tuple(scope for scope in SCOPES if _untracked_scope(rollout, scope) is None)
+
+
+def scope_pod_count(rollout: RolloutState, scope: Scope) -> int:
+    """How many pods a scope holds: those the source knows by label, else the replica counts (0: unknown)."""
+    if rollout.pods:
+        hashes = set(scope_hashes(rollout, scope))
+        return sum(1 for pod in rollout.pods if pod.template_hash in hashes)
+    if scope is Scope.NEW:
+        return max(rollout.updated_replicas, 0)
+    if scope is Scope.OLD:
+        return max(rollout.old_replicas, 0)
+    return max(rollout.updated_replicas, 0) + max(rollout.old_replicas, 0)
+
+
+def _one_value(values: Sequence[float] | None, what: str) -> tuple[float | None, str | None]:
+    """The single finite value of a scope's series, or why there is none."""
+    if not values:
+        return None, f"{what} returned no series for this scope"
+    if len(values) > 1:
+        return None, (f"{what} returned {len(values)} series for one scope (an aggregate query must give one: "
+                      "aggregate the pods away, e.g. sum(...) without by)")
+    value = values[0]
+    if not _is_finite(value):
+        return None, f"{what} is {value} for this scope"
+    return value, None
+
+
+def scope_observations(
+    spec: MetricSpec,
+    rollouts: Sequence[RolloutState],
+    values: Mapping[str, Sequence[float]],
+    at: float,
+    *,
+    denominator: Mapping[str, Sequence[float]] | None = None,
+    errors: Mapping[str, str] | None = None,
+) -> list[Observation]:
+    """Exactly three observations (deployment, new, old) per rollout from an aggregate-form result: `values` and
+    `denominator` map each `scope_key` to its series' values; `errors` says why a key's query failed.
+
+    The observations are those `split_observations` gives the per-pod form: with a denominator the ratio (a
+    missing numerator is 0, as a `code=~"5.."` sum has no series without errors; under `min_denominator` it is
+    unknown) and its traffic (the denominator per pod); otherwise the query's value."""
+    if spec.denominator is not None and denominator is None:
+        raise ValueError(f"metric {spec.name}: a denominator result is required (spec.denominator is set)")
+    failed = errors or {}
+    observations: list[Observation] = []
+    for rollout in rollouts:
+        for scope in SCOPES:
+            key = scope_key(rollout.ref, scope)
+            pods = scope_pod_count(rollout, scope)
+            untracked = _untracked_scope(rollout, scope)
+            if untracked:
+                result = ScopeValue(None, 0, untracked)
+            elif key in failed:
+                result = ScopeValue(None, 0, failed[key])
+            else:
+                result = aggregate_value(spec, values.get(key), (denominator or {}).get(key), pods)
+            error = f"{spec.name}: {result.error}" if result.error else None
+            observations.append(
+                Observation(
+                    ref=rollout.ref, metric=spec.name, scope=scope, time=at, value=result.value, error=error,
+                    pods=result.pods if result.value is not None else 0, traffic=result.traffic,
+                )
+            )
+    return observations
+
+
+def aggregate_value(
+    spec: MetricSpec, numerator: Sequence[float] | None, denominator: Sequence[float] | None, pods: int = 0
+) -> ScopeValue:
+    """One scope's value from the series of an aggregate-form query (and denominator) at one time."""
+    if spec.denominator is not None:
+        return _scope_ratio(numerator, denominator, pods, spec.min_denominator)
+    value, error = _one_value(numerator, "query")
+    return ScopeValue(value, pods, error)
+
+
+def _scope_ratio(
+    numerator: Sequence[float] | None, denominator: Sequence[float] | None, pods: int, min_denominator: float
+) -> ScopeValue:
+    den, error = _one_value(denominator, "denominator")
+    if den is None:
+        return ScopeValue(None, 0, error)
+    traffic = den / pods if pods > 0 else None
+    limit = max(min_denominator, TINY_DENOMINATOR)
+    if den < limit:
+        return ScopeValue(None, pods, f"too little traffic: denominator {den:.6g} < {limit:.6g} (min_denominator)",
+                          traffic=traffic)
+    num, error = _one_value(numerator, "query") if numerator else (0.0, None)
+    if num is None:
+        return ScopeValue(None, 0, error, traffic=traffic)
+    return ScopeValue(num / den, pods, None, traffic=traffic)

@@ -29,14 +29,16 @@ from tests.deploy.rendering import (
 ALLOWED: dict[tuple[str, str], frozenset[str]] = {
     ("apps", "deployments"): frozenset({"get", "list", "watch", "patch"}),
     ("apps", "replicasets"): frozenset({"get", "list", "watch"}),
+    ("", "pods"): frozenset({"list", "watch"}),
     ("", "events"): frozenset({"create"}),
     ("coordination.k8s.io", "leases"): frozenset({"get", "create", "update"}),
     ("", "configmaps"): frozenset({"get"}),
 }
-"""(apiGroup, resource) -> verbs. Nothing else: no Secrets, no pods, no pods/exec, no events.k8s.io."""
+"""(apiGroup, resource) -> verbs. Nothing else: no Secrets, no get on pods, no pods/exec, no events.k8s.io."""
 NEEDED_TO_WATCH_AND_ACT: dict[tuple[str, str], frozenset[str]] = {
     ("apps", "deployments"): frozenset({"get", "list", "watch", "patch"}),
     ("apps", "replicasets"): frozenset({"get", "list", "watch"}),
+    ("", "pods"): frozenset({"list", "watch"}),
     ("", "events"): frozenset({"create"}),
 }
 NEEDED_FOR_LEADER_ELECTION: dict[tuple[str, str], frozenset[str]] = {

@@ -353,6 +353,15 @@ def prune(value: Any) -> Any:
     return value
 
 
+MAX_GENERATED_NAME_PREFIX = 63 - 5
+"""apiserver `names.SimpleNameGenerator`: a generateName longer than this is cut before the 5 random characters."""
+
+
+def generate_name(base: str, rng: random.Random) -> str:
+    """A name from generateName, as the API server makes it: the base cut to 58 characters, 5 random ones."""
+    return base[:MAX_GENERATED_NAME_PREFIX] + "".join(rng.choice(_SAFE_ALPHANUMS) for _ in range(5))
+
+
 def fnv32a(data: bytes) -> int:
     h = 0x811C9DC5
     for b in data:
@@ -1110,9 +1119,7 @@ class KubeState:
             stored_res = CORE_EVENTS if res is EVENTS_V1 else res
             meta = _meta(obj)
             if not meta.get("name") and meta.get("generateName"):
-                meta["name"] = meta["generateName"] + "".join(
-                    self.rng.choice(_SAFE_ALPHANUMS) for _ in range(5)
-                )
+                meta["name"] = generate_name(meta["generateName"], self.rng)
             name = str(meta.get("name", ""))
             if res.namespaced:
                 meta["namespace"] = namespace
@@ -1959,8 +1966,7 @@ class DeploymentController:
         meta = rs["metadata"]
         template = copy.deepcopy(rs["spec"]["template"])
         while True:
-            suffix = "".join(self._state.rng.choice(_SAFE_ALPHANUMS) for _ in range(5))
-            name = f"{meta['name']}-{suffix}"
+            name = generate_name(f"{meta['name']}-", self._state.rng)
             if self._state.raw(PODS, meta["namespace"], name) is None:
                 break
         self._pod_ip += 1

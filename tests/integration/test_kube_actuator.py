@@ -21,6 +21,7 @@ from predictor.domain import (
     ANNOTATION_ACTED_REVISION,
     ANNOTATION_ACTION,
     ANNOTATION_DRY_RUN,
+    ANNOTATION_METRIC,
     ANNOTATION_PREDICTED_BREACH,
     ANNOTATION_REASON,
     ANNOTATION_RISK,
@@ -113,6 +114,7 @@ def test_pause_patches_once_records_why_and_emits_an_event(mid_rollout: FakeKube
         ANNOTATION_RISK: "0.934",
         ANNOTATION_PREDICTED_BREACH: "2027-01-15T08:04:00Z",
         ANNOTATION_DRY_RUN: "false",
+        ANNOTATION_METRIC: "error_ratio",
     }
     assert annotations["deployment.kubernetes.io/revision"] == "2"  # other annotations untouched
 
@@ -415,3 +417,19 @@ def test_no_action_touches_nothing(mid_rollout: FakeKubeAPI, actuator: Kubernete
     assert not result.applied
     assert mid_rollout.requests == []
 
+
+
+def test_a_missing_event_is_created_from_the_deployments_record_once(mid_rollout: FakeKubeAPI,
+                                                                     actuator: KubernetesActuator) -> None:
+    fake = mid_rollout
+    assert actuator.apply(decision(Action.PAUSE), rollout(fake)).applied
+    [event] = our_events(fake)
+    assert actuator.ensure_recorded(rollout(fake)), "the Event is there"
+    assert len(our_events(fake)) == 1, "a second create of the same Event is refused, not duplicated"
+    fake.delete("v1", "Event", "default", event["metadata"]["name"])  # as if killed between PATCH and Event
+    assert actuator.ensure_recorded(rollout(fake))
+    [again] = our_events(fake)
+    assert (again["metadata"]["name"], again["reason"], again["message"]) == (
+        event["metadata"]["name"], "PredictorPaused", REASON)
+    assert again["involvedObject"]["uid"] == deployment(fake)["metadata"]["uid"]
+    assert patches(fake) != [] and len(patches(fake)) == 1, "nothing re-applied"

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from predictor.config import Config, format_time, parse_config
+from predictor.config import Config, aggregate_metric_pack, format_time, parse_config
 from predictor.detectors.base import Scorer
 from predictor.detectors.rollout_scorer import ForecastScorer
 from predictor.domain import Assessment, DeploymentRef
@@ -282,6 +282,32 @@ def test_range_queries_give_the_observations_the_live_instant_queries_give(prom:
         for spec in config.metrics:
             live = source.fetch(spec, watched, collected.times[i])
             assert live == collected.observations[i][spec.name], (spec.name, format_time(collected.times[i]))
+            checked += sum(1 for o in live if o.known)
+    assert checked > 100
+
+
+@pytest.mark.prometheus
+def test_aggregate_queries_range_queries_give_what_the_live_instant_queries_give(prom: PrometheusServer) -> None:
+    """The same for the pack in the aggregate form: a range query per batch of scopes, each rollout state's scopes
+    at each tick equal to the live per-scope instant queries, and to the per-pod form's values."""
+    per_pod = config_for(prom, "shop")
+    config = dataclasses.replace(per_pod, metrics=aggregate_metric_pack())
+    source = PrometheusMetricSource(config.prometheus)
+    rollouts = KubeStateMetricsRolloutSource(config.prometheus, config.targets)
+    collected = collect(config, start=float(STARTS[2] + 60), end=float(UNDONE + 45), source=source,
+                        rollouts=rollouts)
+    assert len(collected.states) >= 9
+    checked = 0
+    for i, states in collected.states.items():
+        watched = list(states.values())
+        for spec, pod_spec in zip(config.metrics, per_pod.metrics, strict=True):
+            live = source.fetch(spec, watched, collected.times[i])
+            assert [(o.ref, o.scope, o.value) for o in live] == [
+                (o.ref, o.scope, o.value) for o in collected.observations[i][spec.name]], spec.name
+            per_pod_values = [o.value for o in source.fetch(pod_spec, watched, collected.times[i])]
+            for got, want in zip([o.value for o in live], per_pod_values, strict=True):
+                assert (got is None) == (want is None), spec.name
+                assert got is None or got == pytest.approx(want, rel=1e-9, abs=1e-12), spec.name
             checked += sum(1 for o in live if o.known)
     assert checked > 100
 

@@ -6,6 +6,7 @@ names start like web's, is flat noise at a far higher level and must neither lea
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -15,7 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from predictor.config import Config, parse_config
+from predictor.config import Config, MetricSpec, parse_config
 from predictor.domain import DeploymentRef
 from predictor.sources.prometheus import PrometheusMetricSource
 from predictor.train import TrainSettings, fit_seasons
@@ -102,3 +103,17 @@ def test_a_long_window_is_read_in_range_queries_prometheus_accepts_without_gaps_
     assert all((end - start) / step + 1 <= 10_000 for start, end, step in calls)
     assert first[0][0] == 0.0 and all(b[0] == a[1] + a[2] for a, b in pairwise(first))
     assert first[-1][1] == 90 * DAY
+
+
+def test_an_aggregate_query_gets_the_same_profiles(prom: PrometheusServer) -> None:
+    per_pod = config(prom)
+    aggregate = dataclasses.replace(per_pod, metrics=(MetricSpec(
+        name="queue", threshold=1000, query='avg(queue_depth{namespace="{namespace}", pod=~"{pods}"})'),))
+    assert aggregate.metrics[0].form == "aggregate"
+    expected, _ = fit_seasons(per_pod, PrometheusMetricSource(per_pod.prometheus), [WEB, API], START, END,
+                              TrainSettings())
+    profiles, skipped = fit_seasons(aggregate, PrometheusMetricSource(aggregate.prometheus), [WEB, API], START, END,
+                                    TrainSettings())
+    assert set(profiles) == set(expected) == {"shop/web:queue"}
+    assert profiles["shop/web:queue"].amplitude == pytest.approx(expected["shop/web:queue"].amplitude, rel=1e-6)
+    assert skipped["shop/web-api:queue"].startswith("no season: AIC")

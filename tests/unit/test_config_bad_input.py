@@ -57,6 +57,8 @@ def metric(**fields: object) -> str:
                                   "p99), got .nan"),
         ("policy:\n  horizon: .nan\n", "policy.horizon: expected a finite duration, got .nan"),
         ("policy:\n  bake: .inf\n", "policy.bake: expected a finite duration, got .inf"),
+        ("policy:\n  bake: 10m\n  max_watch: 5m\n", "policy.max_watch: expected at least policy.bake (10m): it "
+                                                   "extends the bake while evidence still builds, got '5m'"),
         ("policy:\n  lookback: NaN\n", "policy.lookback: expected a duration such as '30s', '10m' or '1h30m', "
                                        "got 'NaN'"),
         # zero and negative durations: "positive", never an example
@@ -134,7 +136,7 @@ def metric(**fields: object) -> str:
         # what a Kubernetes user might write
         ("policy:\n  hoizon: 5m\n", "policy.hoizon: unknown field (did you mean horizon? allowed: action, dry_run, "
                                     "bake, horizon, interval, consecutive, risk_threshold, alert_threshold, "
-                                    "undo_threshold, blind_after, blind_action, lookback), got '5m'"),
+                                    "undo_threshold, blind_after, blind_action, lookback, max_watch), got '5m'"),
         ("server:\n  host: 0.0.0.0:8080\n", "server.host: expected a host name or IP address to listen on, such as "
                                             "0.0.0.0 (no scheme; the port goes in server.port), got '0.0.0.0:8080'"),
         ("server:\n  host: http://localhost\n", "server.host: expected a host name or IP address to listen on, such "

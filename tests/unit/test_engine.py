@@ -172,3 +172,24 @@ def test_a_pause_escalates_to_one_undo_when_the_risk_becomes_sure() -> None:
     assert on_release == [(15.0, Action.PAUSE), (60.0, Action.UNDO)]
     assert "undo (escalated: paused 45s ago" in cluster.actions[1][1].reason
     assert sim.undone_at == START + 60.0
+
+
+@pytest.mark.parametrize(("risk", "watched_for"), [(0.0, 300.0), (0.3, 1800.0)])
+def test_a_revision_whose_evidence_still_builds_is_watched_beyond_bake(risk: float, watched_for: float) -> None:
+    """The demo's bake is 5 minutes and max_watch the default 30 minutes: a quiet revision leaves scope at the end
+    of its bake; one with a live risk (a forecast still building, below the alert) stays watched up to max_watch."""
+    sim = SimulatedRollout(DeploymentRef("shop", "checkout"), "healthy", START, seed=1)
+    cluster = SimulatedCluster([sim])
+    config = demo_config(Action.UNDO)
+    assert config.policy.max_watch_seconds == 1800.0
+    engine = Engine(config, rollouts=cluster, metrics=cluster, actuator=cluster, notifier=cluster,
+                    scorer=ScriptedScorer([risk]))
+    last_watched = None
+    for i in range(4 * 45):
+        t = START + i * 15.0
+        if engine.tick(t).watched:
+            last_watched = t
+    completed = sim.state(START + 3600.0).completed_at
+    assert completed is not None and last_watched is not None
+    assert watched_for - 15.0 < last_watched - completed <= watched_for
+    assert not cluster.actions

@@ -4,8 +4,11 @@ from dataclasses import replace
 
 from predictor.config import PolicyConfig
 from predictor.domain import (
+    ANNOTATION_ACTED_AT,
     ANNOTATION_ACTED_REVISION,
     ANNOTATION_ACTION,
+    ANNOTATION_METRIC,
+    ANNOTATION_REASON,
     Action,
     Assessment,
     DeploymentRef,
@@ -138,6 +141,31 @@ def test_in_scope_covers_rollout_and_bake() -> None:
     assert not in_scope(rollout(new_hash=None), 10.0, policy)
 
 
+def test_evidence_still_building_keeps_a_revision_watched_beyond_bake_up_to_max_watch() -> None:
+    """Completed at 100 s, bake 10 min, max_watch 30 min. A revision whose top risk is still live (>= LIVE_RISK)
+    stays watched past 700 s, its phase saying why; a quiet one, an unknown one, or one past 1900 s leaves."""
+    policy = replace(POLICY, bake_seconds=600, max_watch_seconds=1800, alert_threshold=0.5)
+    done = rollout(completed_at=100.0, old_replicas=0, updated_replicas=4, ready_new_replicas=4)
+    memory: RolloutMemory | None = None
+    for tick in range(0, 47):  # 15 s ticks to 690 s: a leak's forecast at 0.3, below the alert
+        memory, _ = decide(memory, done, [risk(0.3)], 15.0 * tick, policy)
+    assert memory is not None and memory.live_at == 690.0
+    assert in_scope(done, 701.0, policy, memory) and in_scope(done, 720.0, policy, memory)
+    assert not in_scope(done, 721.0, policy, memory)  # no live tick for more than `consecutive` ticks
+    assert not in_scope(done, 701.0, policy, None) and not in_scope(done, 701.0, policy, replace(memory, revision=1))
+    memory, decision = decide(memory, done, [risk(0.3)], 705.0, policy)
+    assert memory.phase is Phase.BEYOND_BAKE and "beyond bake (10m05s after completion" in decision.reason
+    assert "at most 30m00s" in decision.reason
+    quiet, _ = decide(memory, done, [risk(0.01)], 720.0, policy)
+    unknown, _ = decide(memory, done, [risk(None)], 720.0, policy)
+    assert quiet.live_at == unknown.live_at == 705.0 and not in_scope(done, 736.0, policy, quiet)
+    late = replace(memory, live_at=1900.0)
+    assert in_scope(done, 1900.0, policy, late) and not in_scope(done, 1901.0, policy, late)
+    memory, _ = decide(memory, done, [risk(0.95)], 720.0, policy)
+    memory, decision = decide(memory, done, [risk(0.95)], 735.0, policy)
+    assert decision.action is Action.UNDO and memory.phase is Phase.ACTED  # the leak acted on beyond bake
+
+
 def test_undone_revision_alert_fires_until_the_rollback_completes() -> None:
     from predictor.policy import succeed
 
@@ -222,3 +250,25 @@ def test_warning_alert_resolves_after_clear_ticks() -> None:
     _, decisions = run([0.6, 0.6, 0.2, 0.2])
     assert decisions[1].alerts and not decisions[2].resolved
     assert [a.name for a in decisions[3].resolved] == [ALERT_BREACH]
+
+
+def test_a_restart_re_derives_the_alerts_of_recorded_actions_from_the_annotations() -> None:
+    recorded = {ANNOTATION_ACTED_REVISION: "2", ANNOTATION_ACTION: "undo", ANNOTATION_METRIC: "error_ratio",
+                ANNOTATION_REASON: "undo: error_ratio new pods 0.11", ANNOTATION_ACTED_AT: "1970-01-01T00:00:10Z"}
+    # Killed after the undo's PATCH: revision 3 is the rollback, still rolling out, and carries revision 2's alert.
+    rollback = rollout(revision=3, is_rollback=True, annotations=recorded)
+    memory, decision = decide(None, rollback, [risk(None)], 20.0, POLICY)
+    assert decision.action is Action.NONE
+    assert [(a.name, a.revision, a.metric, a.starts_at) for a in memory.alerts] == [
+        (ALERT_BREACH, 2, "error_ratio", 10.0)]
+    # ... and resolves it once the rollback completed.
+    _, done = decide(memory, replace(rollback, completed_at=30.0), [risk(None)], 31.0, POLICY)
+    assert [a.revision for a in done.resolved] == [2]
+    # Killed after a pause: the paused revision is acted on and its alert fires on the first tick.
+    paused = rollout(paused=True, annotations={**recorded, ANNOTATION_ACTION: "pause"})
+    memory, decision = decide(None, paused, [risk(None)], 20.0, POLICY)
+    assert decision.action is Action.NONE and memory.acted is Action.PAUSE
+    assert [(a.name, a.revision, a.severity) for a in memory.alerts] == [(ALERT_BREACH, 2, "critical")]
+    # A completed rollback, or an undo of a revision we are not rolling back from, carries nothing.
+    assert decide(None, replace(rollback, completed_at=15.0), [risk(None)], 20.0, POLICY)[0].alerts == ()
+    assert decide(None, replace(rollback, is_rollback=False), [risk(None)], 20.0, POLICY)[0].alerts == ()
