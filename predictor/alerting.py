@@ -17,7 +17,7 @@ import math
 import random
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -26,7 +26,7 @@ import requests
 
 from predictor import __version__
 from predictor.config import AlertmanagerConfig
-from predictor.domain import Alert
+from predictor.domain import Alert, DeploymentRef
 from predictor.ports import Clock, SystemClock
 
 log = logging.getLogger(__name__)
@@ -115,6 +115,7 @@ class AlertmanagerNotifier:
         clock: Clock | None = None,
         backoff_initial_seconds: float = 1.0,
         backoff_max_seconds: float = 60.0,
+        page_url: Callable[[DeploymentRef], str] | None = None,
     ) -> None:
         if not config.url:
             raise ValueError("alertmanager.url: required for AlertmanagerNotifier (use LoggingNotifier without it)")
@@ -126,6 +127,8 @@ class AlertmanagerNotifier:
                 f"max={backoff_max_seconds!r}"
             )
         self.config = config
+        self.page_url = page_url
+        """The rollout's status page (`ServerConfig.page_url`): the alert's generatorURL when it gives one."""
         self.resend_seconds = resend_seconds
         self.clock: Clock = clock or SystemClock()
         """Decides when an undelivered firing alert has expired (it is then not sent: Alertmanager expired it)."""
@@ -298,7 +301,8 @@ class AlertmanagerNotifier:
                         resolved_at=entry.resolved_at,
                         now=entry.sent_at,
                         resend_seconds=self.resend_seconds,
-                        generator_url=self.config.generator_url,
+                        generator_url=(self.page_url(entry.alert.ref) if self.page_url else "")
+                        or self.config.generator_url,
                     )
                 )
             except (ValueError, OverflowError, OSError):

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from predictor.domain import Action, Direction
+from predictor.domain import Action, DeploymentRef, Direction, rollout_page_path
 from predictor.promql import PromQLError, QueryForm, QueryShape, analyse_template
 
 PLACEHOLDERS = ("namespace", "deployment", "pods")
@@ -220,6 +220,13 @@ class PolicyConfig:
 class ServerConfig:
     host: str = "0.0.0.0"
     port: int = 8080
+    external_url: str = ""
+    """Where people reach the daemon's pages (an Ingress, not the pod IP); "" for none. Alerts' generatorURL and
+    the `predictor.io/status-url` annotation link to `<external_url>/rollouts/<namespace>/<deployment>`."""
+
+    def page_url(self, ref: DeploymentRef) -> str:
+        """The rollout's page under `external_url`, "" when that is not set."""
+        return f"{self.external_url}/{rollout_page_path(ref)}" if self.external_url else ""
 
 
 @dataclass(frozen=True)
@@ -1192,7 +1199,7 @@ def parse_config(raw: Any, source: str = "config") -> Config:
         ("action", "dry_run", "bake", "horizon", "interval", "consecutive", "risk_threshold", "alert_threshold",
          "undo_threshold", "blind_after", "blind_action", "lookback", "max_watch"),
     )
-    srv = reader.section(raw, "server", "", ("host", "port"))
+    srv = reader.section(raw, "server", "", ("host", "port", "external_url"))
     log = reader.section(raw, "logging", "", ("format", "level"))
     mdl = reader.section(raw, "models", "", ("dir", "reload", "scorer"))
     dock = reader.section(raw, "docker", "", ("host", "ca_file", "cert_file", "key_file", "verify_tls", "timeout"))
@@ -1226,6 +1233,8 @@ def parse_config(raw: Any, source: str = "config") -> Config:
         server=ServerConfig(
             host=_read_host(srv, reader),
             port=int(reader.number(srv, "port", "server", 8080, minimum=0, maximum=65535, integer=True)),
+            external_url=reader.url(srv, "external_url", "server", "", api="/rollouts/{namespace}/{deployment}")
+            or "",
         ),
         logging=LoggingConfig(
             format=reader.choice(log, "format", "logging", "text", ["text", "json"], any_case=True),

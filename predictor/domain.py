@@ -10,6 +10,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from urllib.parse import quote
 
 ANNOTATION_PREFIX = "predictor.io/"
 """Annotations the actuator writes on a Deployment and the rollout sources read back after a restart."""
@@ -20,14 +21,23 @@ ANNOTATION_REASON = ANNOTATION_PREFIX + "reason"
 ANNOTATION_RISK = ANNOTATION_PREFIX + "risk"
 ANNOTATION_PREDICTED_BREACH = ANNOTATION_PREFIX + "predicted-breach"
 ANNOTATION_DRY_RUN = ANNOTATION_PREFIX + "dry-run"
+ANNOTATION_STATUS_URL = ANNOTATION_PREFIX + "status-url"
+"""The rollout's status page (`server.external_url`), written with the others when that is set."""
 ANNOTATION_ENABLED = ANNOTATION_PREFIX + "enabled"
 """Set by users: "false" opts a Deployment out (see `predictor.safety`)."""
 ANNOTATION_POLICY_ACTION = ANNOTATION_PREFIX + "policy.action"
 """Set by users: this Deployment's `policy.action` (pause, undo or alert)."""
 ANNOTATION_THRESHOLD_PREFIX = ANNOTATION_PREFIX + "threshold."
 """Set by users: `predictor.io/threshold.<metric>` is this Deployment's threshold of that metric."""
+ANNOTATION_METRIC = ANNOTATION_PREFIX + "metric"
+"""The metric whose predicted breach led to the action: the `metric` label of its alert, re-derived after a restart."""
 REVISION_ANNOTATION = "deployment.kubernetes.io/revision"
 POD_TEMPLATE_HASH_LABEL = "pod-template-hash"
+
+
+def rollout_page_path(ref: DeploymentRef) -> str:
+    """The path of a rollout's status page, relative to the daemon's root: `rollouts/<namespace>/<deployment>`."""
+    return f"rollouts/{quote(ref.namespace, safe='')}/{quote(ref.name, safe='')}"
 
 
 class Direction(enum.StrEnum):
@@ -156,6 +166,9 @@ class Observation:
     time: float
     value: float | None
     error: str | None = None
+    failed: bool = False
+    """The source could not answer (query refused, timeout, unreachable, malformed response), as opposed to an
+    answer without a usable value (no series, NaN, too little traffic): counted as a query error."""
     pods: int = 0
     """How many pods contributed; 0 when unknown."""
     traffic: float | None = None
@@ -172,7 +185,7 @@ class Observation:
 @dataclass(frozen=True)
 class ForecastBand:
     """Where a scorer forecasts one scope of a metric: from `level` at `start` to `mean` at `until`, with the 95 %
-    band `low`..`high` there (what the status page draws)."""
+    band `low`..`high` there (what the status page draws), and `path`, points (time, mean, low, high) on the way."""
 
     scope: Scope
     start: float
@@ -181,6 +194,7 @@ class ForecastBand:
     mean: float
     low: float
     high: float
+    path: tuple[tuple[float, float, float, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -197,6 +211,11 @@ class Assessment:
     unknown: bool = False
     """No usable data this tick: the scorer abstained."""
     reason: str = ""
+    building: bool = False
+    """A trend still heads for the threshold (however far the breach): the revision stays watched beyond `bake`."""
+    decisive: bool = False
+    """The evidence is overwhelming on its own (many standard errors and far beyond the threshold): the policy
+    pauses on this first tick instead of waiting `consecutive_ticks`; an undo still needs them."""
     forecast: ForecastBand | None = None
     """The forecast behind the risk, where the scorer has one (the forecast scorer's local trend)."""
 
