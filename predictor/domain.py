@@ -158,6 +158,9 @@ class Observation:
     time: float
     value: float | None
     error: str | None = None
+    failed: bool = False
+    """The source could not answer (query refused, timeout, unreachable, malformed response), as opposed to an
+    answer without a usable value (no series, NaN, too little traffic): counted as a query error."""
     pods: int = 0
     """How many pods contributed; 0 when unknown."""
     traffic: float | None = None

@@ -46,7 +46,9 @@ from predictor.domain import (
     REVISION_ANNOTATION,
     Action,
     Decision,
+    DryRunRecord,
     RolloutState,
+    parse_dry_run_record,
 )
 from predictor.kube import call_json
 from predictor.ports import ActionResult, Clock, SystemClock
@@ -177,11 +179,7 @@ class KubernetesActuator:
             )
 
         if decision.dry_run:
-            self._emit_event(deployment, EVENT_REASON_DRY_RUN, decision.revision, f"dry-run-{decision.action.value}",
-                             decision.reason)
-            log.info("dry run: would %s deployment %s at revision %d (risk %.2f): %s",
-                        decision.action.value, ref, decision.revision, decision.risk, decision.reason)
-            return ActionResult(applied=False, detail=f"dry run: would {decision.action.value}")
+            return self._record_dry_run(deployment, decision)
 
         ours = self._annotations(decision)
         version = metadata.get("resourceVersion")
@@ -211,6 +209,26 @@ class KubernetesActuator:
         # INFO, not WARNING: the engine logs the one WARNING per action, with this result's detail.
         log.info("deployment %s: %s (risk %.2f): %s", ref, detail, decision.risk, decision.reason)
         return ActionResult(applied=changed, detail=detail)
+
+    def _record_dry_run(self, deployment: dict[str, Any], decision: Decision) -> ActionResult:
+        """Dry run: record what would have been done on the Deployment (`predictor.io/dry-run`), then the Event;
+        a record of this revision with an action as strong means it was done already (by us before a restart,
+        or by another replica): no second Event."""
+        ref = decision.ref
+        metadata = deployment.get("metadata") or {}
+        recorded = parse_dry_run_record((metadata.get("annotations") or {}).get(ANNOTATION_DRY_RUN))
+        if (recorded is not None and recorded.revision == decision.revision
+                and ACTION_SEVERITY[recorded.action] >= ACTION_SEVERITY[decision.action]):
+            return ActionResult(applied=False, detail=f"dry run: already recorded ({recorded})")
+        record = DryRunRecord(decision.action, decision.revision, format_time(self._clock.now()) or "")
+        body = {"metadata": {"annotations": {ANNOTATION_DRY_RUN: str(record)},
+                             "resourceVersion": metadata.get("resourceVersion")}}
+        patched = self._merge_patch(ref.name, ref.namespace, body)
+        self._emit_event(patched, EVENT_REASON_DRY_RUN, decision.revision, f"dry-run-{decision.action.value}",
+                         decision.reason)
+        log.info("dry run: would %s deployment %s at revision %d (risk %.2f): %s",
+                 decision.action.value, ref, decision.revision, decision.risk, decision.reason)
+        return ActionResult(applied=False, detail=f"dry run: would {decision.action.value} (recorded)")
 
     def _undo(
         self, deployment: dict[str, Any], decision: Decision, rollout: RolloutState, ours: Mapping[str, str],

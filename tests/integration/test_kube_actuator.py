@@ -305,19 +305,30 @@ def test_a_stale_read_gets_409_from_the_server(mid_rollout: FakeKubeAPI,
     assert actuator.apply(decision(Action.PAUSE), rollout(fake)).applied  # ours reads fresh
 
 
-def test_dry_run_patches_nothing_and_emits_an_event(mid_rollout: FakeKubeAPI,
-                                                   actuator: KubernetesActuator) -> None:
+def test_dry_run_records_what_it_would_do_and_emits_one_event_per_action(
+        mid_rollout: FakeKubeAPI, actuator: KubernetesActuator, fake_kube: FakeKubeAPI) -> None:
     fake = mid_rollout
     before = deployment(fake)
     for action in (Action.PAUSE, Action.UNDO):
         result = actuator.apply(decision(action, dry_run=True), rollout(fake))
-        assert (result.applied, result.detail) == (False, f"dry run: would {action.value}")
-    assert patches(fake) == []
-    assert deployment(fake)["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
+        assert (result.applied, result.detail) == (False, f"dry run: would {action.value} (recorded)")
+    after = deployment(fake)
+    assert after["spec"] == before["spec"], "nothing changed but the record"
+    assert after["metadata"]["annotations"]["predictor.io/dry-run"] == "would undo revision 2 at 2027-01-15T08:00:00Z"
+    assert "predictor.io/acted-revision" not in after["metadata"]["annotations"], "going live later still acts"
+    assert [p.content_type for p in patches(fake)] == ["application/merge-patch+json"] * 2
     events = our_events(fake)
     assert [e["reason"] for e in events] == ["PredictorDryRun", "PredictorDryRun"]
     assert events[0]["message"] == REASON
     assert len({e["metadata"]["name"] for e in events}) == 2  # unique names at the same instant
+
+    # A restarted daemon (a new actuator, no memory) decides the same again: the record says it was done.
+    restarted = KubernetesActuator(fake_kube.api_client(), component="predictor-test", clock=FixedClock(T0 + 60))
+    for action in (Action.PAUSE, Action.UNDO):
+        again = restarted.apply(decision(action, dry_run=True), rollout(fake))
+        assert again.detail == "dry run: already recorded (would undo revision 2 at 2027-01-15T08:00:00Z)"
+    assert len(our_events(fake)) == 2, "no PredictorDryRun Event repeated"
+    assert len(patches(fake)) == 2
 
 
 def test_a_deployment_gone_or_moved_on_is_left_alone(mid_rollout: FakeKubeAPI,
