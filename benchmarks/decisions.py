@@ -121,7 +121,8 @@ KAYENTA_LOOKBACK_SECONDS = 300.0
 KAYENTA_MIN_SAMPLES = 3
 KAYENTA_P_VALUE = 0.01
 KAYENTA_TOLERANCE = 0.25
-DEFAULT_RESULTS = ROOT / "benchmarks" / "results" / "decisions.md"
+RESULTS = ROOT / "benchmarks" / "results"
+"""Where a run's report goes by default: `frozen-<split>.md` (`decisions-custom.md` for a custom split)."""
 
 _POD_TO_DEPLOYMENT = '"deployment", "$1", "pod", "(.+)-[a-z0-9]+-[a-z0-9]+"'
 
@@ -923,7 +924,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--kinds", default=",".join(FAMILIES), help="comma-separated families")
     parser.add_argument("--only", default=None, metavar="N,N,...",
                         help="run only these scenario numbers of the plan (as in --details), to look into them")
-    parser.add_argument("--output", type=Path, default=DEFAULT_RESULTS)
+    parser.add_argument("--output", type=Path, default=None,
+                        help="the report (default benchmarks/results/frozen-<split>.md, decisions-custom.md if custom)")
     parser.add_argument("--details", type=Path, default=None, help="JSON Lines: one object per rollout")
     parser.add_argument("--keep", default=None, help="keep the Prometheus data under this directory")
     parser.add_argument("--prometheus", default=None)
@@ -973,6 +975,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.count is not None or args.seed is not None:
         split = Split("custom", seed=split.seed if args.seed is None else args.seed,
                       count=split.count if args.count is None else args.count)
+    output = args.output or RESULTS / ("decisions-custom.md" if custom else f"frozen-{split.name}.md")
     split_name = f"{split.name} (seed {split.seed}, {split.count} per family{', some families' if custom else ''})"
     window_start = WINDOW_START
     window_end = window_start + PRE_ROLLOUT_SECONDS + STAGGER_SECONDS + EVALUATION_SECONDS
@@ -998,8 +1001,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     text = report(outcomes, command.strip(), timings, args.scorer, Scraping(args.scrape_interval,
                   args.rate_window or "each scenario's own"), args.expected_counts, split_name)
     print(text)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(text, encoding="utf-8")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(text, encoding="utf-8")
     if args.details is not None:
         args.details.parent.mkdir(parents=True, exist_ok=True)
         with args.details.open("w", encoding="utf-8") as handle:

@@ -1,7 +1,8 @@
 """`predictor run`: the one place that wires the adapters, the clock and the scheduler around the engine.
 
 APScheduler runs the tick every `policy.interval` (never two at once; a late tick is coalesced), an HTTP server
-answers /healthz, /readyz and /metrics, and SIGTERM lets the running tick finish before the process exits.
+answers /healthz, /readyz and /metrics (and hands the status pages and API to `predictor.status.routes`), and
+SIGTERM lets the running tick finish before the process exits.
 SIGHUP reloads the config file: a valid new one replaces the old at the next tick (with the adapters whose
 sections changed rebuilt); an invalid one is refused with the error lines a start would print, and the old one
 stays.
@@ -25,11 +26,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from predictor.config import Config, ConfigError
 from predictor.engine import Engine
+from predictor.hooks import analysis_reply, flagger_reply
 from predictor.ports import SystemClock
 from predictor.status.routes import status_reply
 from predictor.telemetry import DaemonMetrics, DependencyWatch
 
 log = logging.getLogger(__name__)
+MAX_HOOK_BODY_BYTES = 1 << 20
+"""A webhook's body is read up to 1 MiB (Flagger's payload is a few hundred bytes)."""
 
 RESTART_ONLY_SECTIONS = ("server", "kubernetes")
 """Sections a reload cannot apply: the HTTP server's address is bound, the credentials are loaded at start."""
@@ -266,10 +270,23 @@ def serve_http(daemon: Daemon, host: str, port: int) -> ThreadingHTTPServer:
                 self._reply(200 if ok else 503, f"{'ready' if ok else 'not ready'}: {detail}\n".encode())
             elif path == "/metrics":
                 self._reply(200, generate_latest(daemon.metrics.registry), CONTENT_TYPE_LATEST)
+            elif path == "/api/v1/analysis":  # Argo Rollouts' web metric provider
+                query = self.path.split("?", 1)[1] if "?" in self.path else ""
+                self._reply(*analysis_reply(daemon.engine.board, daemon.config.policy, query))
             elif (reply := status_reply(daemon.engine.board, path)) is not None:
                 self._reply(*reply)
             else:
                 self._reply(404, b"not found: try /, /api/v1/rollouts, /healthz, /readyz or /metrics\n")
+
+        def do_POST(self) -> None:
+            path = self.path.split("?", 1)[0]
+            if path in ("/api/v1/flagger/rollback", "/api/v1/flagger/gate"):  # Flagger's webhooks
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(min(length, MAX_HOOK_BODY_BYTES))
+                hook = path.rsplit("/", 1)[1]
+                self._reply(*flagger_reply(daemon.engine.board, daemon.config.policy, hook, body))
+            else:
+                self._reply(404, b"not found: POST /api/v1/flagger/rollback or /api/v1/flagger/gate\n")
 
         def _reply(self, status: int, body: bytes, content_type: str = "text/plain; charset=utf-8") -> None:
             self.send_response(status)
@@ -323,7 +340,8 @@ def build_daemon(config: Config, config_path: str | os.PathLike[str] | None = No
         rollout_targets = [t for t in targets if t.kind == "Rollout"]
         sources: list[Any] = [KubernetesRolloutSource(api_client, deployment_targets)] if deployment_targets else []
         actuators: dict[str, Any] = {"deployment": KubernetesActuator(api_client, clock=SystemClock(),
-                                                                      crash_at=crash_at)}
+                                                                      crash_at=crash_at,
+                                                                      page_url=config.server.page_url)}
         if rollout_targets:  # Argo Rollouts beside (or instead of) Deployments
             from predictor.actuators.argo import ArgoActuator
             from predictor.rollouts.argo import ArgoRolloutSource
@@ -340,7 +358,7 @@ def build_daemon(config: Config, config_path: str | os.PathLike[str] | None = No
     def build_notifier(settings: Config) -> Any:
         if settings.alertmanager.url:
             return AlertmanagerNotifier(settings.alertmanager, resend_seconds=settings.policy.interval_seconds,
-                                        clock=clock)
+                                        clock=clock, page_url=settings.server.page_url)
         return LoggingNotifier()
 
     notifier = build_notifier(config)
@@ -350,7 +368,7 @@ def build_daemon(config: Config, config_path: str | os.PathLike[str] | None = No
     scorer, artifact = build_scorer(config, scorer=config.models.scorer)
     engine = Engine(config, rollouts=rollouts, metrics=metrics, actuator=actuator,
                     notifier=notifier, scorer=scorer, may_act=leader.is_leader if leader is not None else lambda: True,
-                    kill_switch=build_kill_switch(config, api_client))
+                    kill_switch=build_kill_switch(config, api_client), rebuild_history=True)
     # Readiness never depends on leadership: a follower is ready to take over.
     checks: dict[str, Callable[[], bool]] = {"prometheus": metrics.is_online, "kubernetes": rollouts.is_online}
     if config.alertmanager.url:
@@ -418,7 +436,8 @@ def build_swarm_daemon(config: Config) -> Daemon:
     clock = SystemClock()
     notifier: Any
     if config.alertmanager.url:
-        notifier = AlertmanagerNotifier(config.alertmanager, resend_seconds=config.policy.interval_seconds, clock=clock)
+        notifier = AlertmanagerNotifier(config.alertmanager, resend_seconds=config.policy.interval_seconds, clock=clock,
+                                        page_url=config.server.page_url)
     else:
         notifier = LoggingNotifier()
     scorer, artifact = build_scorer(config, scorer=config.models.scorer)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import socket
 import time
 from collections.abc import Sequence
@@ -131,10 +132,51 @@ def check_listen(config: Config, *, bind_port: bool) -> list[str]:
     return []
 
 
+def check_replayable(config: Config, command: str) -> list[str]:
+    """`backtest` and `train` rebuild rollouts from kube-state-metrics: Deployments only."""
+    if config.swarm_targets:
+        return [f"targets: expected Kubernetes targets for {command} (it replays Deployments from "
+                f"kube-state-metrics; Swarm services are not replayed), got {len(config.swarm_targets)} Swarm "
+                "target(s)"]
+    return [f"targets[{i}].kind: expected Deployment for {command} (it replays Deployments from "
+            f"kube-state-metrics; Argo Rollouts are not replayed), got 'Rollout'"
+            for i, target in enumerate(config.targets) if target.kind != "Deployment"]
+
+
+def check_docker(config: Config) -> list[str]:
+    """With Swarm targets, `docker.host` answers as a swarm manager. Unreachable is not a config error (one
+    WARNING; the daemon keeps trying); a node that answers but manages no swarm is."""
+    if not config.swarm_targets:
+        return []
+    from docker.errors import APIError, DockerException
+
+    from predictor.rollouts.swarm import DEFAULT_DOCKER_HOST, build_docker_client
+
+    host = config.docker.host or os.environ.get("DOCKER_HOST") or DEFAULT_DOCKER_HOST
+    if host.startswith("unix://") and not os.path.exists(host.removeprefix("unix://")):
+        log.warning("Docker at %s unreachable at start: no such socket (not a config error: it is tried again on "
+                    "every tick)", host)
+        return []
+    api = build_docker_client(replace(config.docker, timeout_seconds=min(config.docker.timeout_seconds, 5.0)))
+    try:
+        api.inspect_swarm()
+    except APIError as exc:
+        if exc.status_code == 503:  # "This node is not a swarm manager."
+            return [f"docker.host: expected the Engine API of a swarm manager ({exc.explanation}), got "
+                    f"{show_value(host)}"]
+        log.warning("Docker at %s: %s (not a config error: it is tried again on every tick)", host, exc)
+    except (DockerException, OSError) as exc:
+        log.warning("Docker at %s unreachable at start: %s (not a config error: it is tried again on every "
+                    "tick)", host, exc)
+    finally:
+        api.close()
+    return []
+
+
 def check_daemon_start(config: Config) -> list[str]:
     """Everything `run` checks before it starts: credentials, host and port, and the queries. Logs one line on
     the queries (accepted, or why they could not be checked) and returns the problems."""
-    problems = check_kubernetes(config) + check_listen(config, bind_port=True)
+    problems = check_kubernetes(config) + check_docker(config) + check_listen(config, bind_port=True)
     queries = check_queries(config)
     log_query_check(queries, config)
     return problems + list(queries.problems)

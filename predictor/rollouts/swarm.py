@@ -40,6 +40,9 @@ log = logging.getLogger(__name__)
 Obj = Mapping[str, Any]
 
 DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
+DOCKER_API_VERSION = "1.41"
+"""Docker Engine 20.10's API, which later engines still serve; a fixed version, because `auto` asks the engine at
+construction, and an engine down at start must not stop the daemon."""
 STACK_NAMESPACE_LABEL = "com.docker.stack.namespace"
 """Set by `docker stack deploy` on a stack's services: their namespace."""
 LABEL_UNDONE_TO = ANNOTATION_PREFIX + "undone-to"
@@ -151,14 +154,15 @@ def service_rollout_state(service: Obj, tasks: Sequence[Obj]) -> RolloutState:
 
 def build_docker_client(config: DockerConfig) -> docker.APIClient:
     """The low-level Engine API client for `docker.host` (else `DOCKER_HOST`, else the local socket), with TLS
-    when the config gives it. Creating it does not connect."""
+    when the config gives it. Creating it does not connect (the API version is fixed)."""
     host = config.host or os.environ.get("DOCKER_HOST") or DEFAULT_DOCKER_HOST
     tls: Any = False
     if config.tls is not None:
         cert = (str(config.tls.cert_file), str(config.tls.key_file)) if config.tls.cert_file else None
         tls = docker.tls.TLSConfig(client_cert=cert, ca_cert=str(config.tls.ca_file) if config.tls.ca_file else None,
                                    verify=config.tls.verify_tls)
-    return docker.APIClient(base_url=host, tls=tls, timeout=max(1, round(config.timeout_seconds)), version="auto")
+    return docker.APIClient(base_url=host, tls=tls, timeout=max(1, round(config.timeout_seconds)),
+                            version=DOCKER_API_VERSION)
 
 
 class SwarmRolloutSource:

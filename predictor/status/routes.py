@@ -11,7 +11,7 @@ from urllib.parse import unquote
 
 from predictor.domain import DeploymentRef
 from predictor.status.api import detail_response, list_response
-from predictor.status.board import StatusBoard
+from predictor.status.board import RolloutRecord, StatusBoard
 
 JSON = "application/json"
 HTML = "text/html; charset=utf-8"
@@ -35,6 +35,15 @@ def _ref(rest: str) -> DeploymentRef | None:
     return DeploymentRef(unquote(parts[0]), unquote(parts[1]))
 
 
+def _revisions(board: StatusBoard, ref: DeploymentRef) -> list[RolloutRecord]:
+    """A workload's records whatever its kind (a Deployment, an Argo Rollout, a Swarm service)."""
+    for kind in ("deployment", "rollout", "service"):
+        records = board.revisions(DeploymentRef(ref.namespace, ref.name, kind))
+        if records:
+            return records
+    return []
+
+
 def status_reply(board: StatusBoard, path: str) -> Reply | None:
     """The reply to a GET of `path` (without its query string), or None when it is not a status route."""
     if path in ("/api/v1/rollouts", "/api/v1/rollouts/"):
@@ -43,7 +52,7 @@ def status_reply(board: StatusBoard, path: str) -> Reply | None:
         ref = _ref(path.removeprefix("/api/v1/rollouts/"))
         if ref is None:
             return _json(404, {"error": "expected /api/v1/rollouts/{namespace}/{deployment}"})
-        records = board.revisions(ref)
+        records = _revisions(board, ref)
         if not records:
             return _json(404, {"error": f"{ref} is not watched (or no longer on the board)"})
         return _json(200, detail_response(records))
@@ -53,7 +62,7 @@ def status_reply(board: StatusBoard, path: str) -> Reply | None:
         if path == "/":
             return Reply(200, index_page(board.latest()).encode(), HTML)
         ref = _ref(path.removeprefix("/rollouts/"))
-        records = board.revisions(ref) if ref is not None else []
+        records = _revisions(board, ref) if ref is not None else []
         if not records:
             return Reply(404, f"not watched: {path.removeprefix('/rollouts/')}\n".encode(), TEXT)
         return Reply(200, rollout_page(records).encode(), HTML)

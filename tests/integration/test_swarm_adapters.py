@@ -8,17 +8,20 @@ decision on the same revision changes nothing.
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import docker
 import pytest
 
 from predictor.actuators.swarm import SwarmActuator
-from predictor.config import SwarmTarget
+from predictor.config import SwarmTarget, parse_config
 from predictor.domain import Action, Decision, RolloutState
+from predictor.preflight import check_docker
 from predictor.rollouts.swarm import SwarmRolloutSource
 from tests.fixtures.docker import Swarm
 
@@ -149,3 +152,13 @@ def test_a_name_target_matches_that_service_only(swarm: Swarm, team: str) -> Non
     source = SwarmRolloutSource(swarm.api, [SwarmTarget(service=f"{team}-shop")])
     assert [s.ref.name for s in source.list_rollouts(time.time())] == [f"{team}-shop"]  # the API filters by prefix
     assert source.is_online()
+
+
+def test_start_checks_ask_the_swarm_manager(swarm: Swarm, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    config = parse_config({"docker": {"host": swarm.host}, "targets": [{"swarm": {"service": "web"}}]})
+    assert check_docker(config) == []
+    targets = [{"swarm": {"service": "web"}}]
+    missing = parse_config({"docker": {"host": f"unix://{tmp_path}/none.sock"}, "targets": targets})
+    with caplog.at_level(logging.WARNING, logger="predictor.preflight"):
+        assert check_docker(missing) == []  # down at start: not the config's fault
+    assert "unreachable at start" in caplog.text

@@ -160,7 +160,9 @@ def test_bad_image_is_rolled_back_before_its_breach_good_image_is_left_alone(
             set_image(swarm, bad_name, bad_image)
             set_image(swarm, good_name, good_image)
             wait_until(lambda: image_of(swarm, bad_name) == "app:v1", timeout=120, what="the bad image rolled back")
-            labels = swarm.api.inspect_service(bad_name)["Spec"]["Labels"]
+            # the labels follow the rollback in a second write (Swarm has no metadata-only one)
+            labels = wait_until(lambda: (found := swarm.api.inspect_service(bad_name)["Spec"]["Labels"]).get(
+                "predictor.io/action") and found, timeout=10, what="the action recorded in labels")
             assert labels["predictor.io/action"] == "undo" and "error_ratio" in labels["predictor.io/reason"]
             acted_at = parse_time(labels["predictor.io/acted-at"])
             assert acted_at is not None

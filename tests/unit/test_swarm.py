@@ -124,3 +124,16 @@ def test_limits_in_the_unit_of_usage() -> None:
     assert limit_of({"MemoryBytes": 1024}, "memory") == 1024.0
     assert limit_of({"NanoCPUs": 500_000_000}, "cpu") == 0.5
     assert limit_of({}, "cpu") is None
+
+
+def test_backtest_and_train_refuse_what_they_cannot_replay() -> None:
+    from predictor.preflight import check_replayable
+
+    swarm = parse_config({"prometheus": PROM, "targets": [{"swarm": {"service": "web"}}]})
+    assert check_replayable(swarm, "backtest")[0].startswith("targets: expected Kubernetes targets for backtest")
+    argo = parse_config({"prometheus": PROM, "targets": [{"namespace": "shop"}, {"namespace": "shop",
+                                                                                 "kind": "Rollout"}]})
+    assert check_replayable(argo, "train") == [
+        "targets[1].kind: expected Deployment for train (it replays Deployments from kube-state-metrics; Argo "
+        "Rollouts are not replayed), got 'Rollout'"]
+    assert check_replayable(parse_config({"targets": [{"namespace": "shop"}]}), "backtest") == []
