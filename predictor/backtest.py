@@ -32,6 +32,9 @@ class RecordingActuator:
         self.decisions.append(decision)
         return ActionResult(False, "backtest: dry run")
 
+    def ensure_recorded(self, rollout: RolloutState) -> bool:
+        return True  # nothing is written in a backtest, so nothing can be half-written
+
 
 class DiscardingNotifier:
     def send(self, firing: Sequence[Alert], resolved: Sequence[Alert], now: float) -> None:

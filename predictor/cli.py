@@ -237,7 +237,7 @@ def _dispatch(args: argparse.Namespace, now: float) -> int:
         problems = preflight.check_daemon_start(config)
         if problems:
             raise ConfigError(problems, str(args.config))
-        build_daemon(config).run_until_signalled()
+        build_daemon(config, config_path=args.config).run_until_signalled()
         return 0
     if args.command == "backtest":
         from predictor.backtest import ReplayResult, run_backtest, tick_count, write_actions

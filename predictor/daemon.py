@@ -2,6 +2,9 @@
 
 APScheduler runs the tick every `policy.interval` (never two at once; a late tick is coalesced), an HTTP server
 answers /healthz, /readyz and /metrics, and SIGTERM lets the running tick finish before the process exits.
+SIGHUP reloads the config file: a valid new one replaces the old at the next tick (with the adapters whose
+sections changed rebuilt); an invalid one is refused with the error lines a start would print, and the old one
+stays.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -20,16 +23,21 @@ from typing import Any
 from apscheduler.schedulers.background import BackgroundScheduler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from predictor.config import Config
+from predictor.config import Config, ConfigError
 from predictor.engine import Engine
 from predictor.hooks import analysis_reply, flagger_reply
 from predictor.ports import SystemClock
 from predictor.status.routes import status_reply
-from predictor.telemetry import DaemonMetrics
+from predictor.telemetry import DaemonMetrics, DependencyWatch
 
 log = logging.getLogger(__name__)
 MAX_HOOK_BODY_BYTES = 1 << 20
 """A webhook's body is read up to 1 MiB (Flagger's payload is a few hundred bytes)."""
+
+RESTART_ONLY_SECTIONS = ("server", "kubernetes")
+"""Sections a reload cannot apply: the HTTP server's address is bound, the credentials are loaded at start."""
+CONFIG_SECTIONS = ("prometheus", "alertmanager", "kubernetes", "targets", "metrics", "policy", "server", "logging",
+                   "models", "safety")
 
 
 
@@ -56,22 +64,79 @@ class Health:
 class Daemon:
     def __init__(self, config: Config, engine: Engine, *, readiness_checks: dict[str, Any],
                  metrics: DaemonMetrics | None = None, clock: Any = None, leader: Any = None,
-                 on_stop: Sequence[Callable[[], object]] = ()) -> None:
+                 on_stop: Sequence[Callable[[], object]] = (), load_config: Callable[[], Config] | None = None,
+                 rewire: Callable[[Config, Config], None] | None = None) -> None:
+        """`load_config` reads and checks the config file again on SIGHUP (None: no reload); `rewire(old, new)`
+        rebuilds the adapters whose sections changed before the engine gets the new config."""
         self.config = config
         self.engine = engine
         self.metrics = metrics or DaemonMetrics()
         self.clock = clock or SystemClock()
         self.health = Health(started=self.clock.now())
         self.readiness_checks = readiness_checks
+        """name -> check; "prometheus" and "kubernetes" make /readyz, every one sets predictor_dependency_up."""
+        self.dependencies = DependencyWatch(self.metrics.dependency_up)
+        self._last_checks: dict[str, bool] = {}
+        self._tick_saw: set[str] = set()
+        """Dependencies the last tick observed itself (its queries, its listing): the probes leave those alone."""
         self.leader = leader
         self.on_stop = list(on_stop)
         self._model_version: str | None = None
         """Closers run after the last tick (watch threads, the alert queue's final flush)."""
         self.scheduler = BackgroundScheduler(timezone=UTC)
+        self._load_config = load_config
+        self._rewire = rewire
+        self._reload_requested = threading.Event()
         self.stopped = threading.Event()
         self._server: ThreadingHTTPServer | None = None
 
+    def request_reload(self) -> None:
+        """What SIGHUP does: the next tick reloads the config first (a signal handler must not do I/O)."""
+        self._reload_requested.set()
+
+    def reload_config(self) -> bool:
+        """Read the config file again; True when the new one now runs. Never raises."""
+        self._reload_requested.clear()
+        if self._load_config is None:
+            log.warning("reload asked, but this daemon was started without a config file to reload")
+            return False
+        try:
+            new = self._load_config()
+        except ConfigError as exc:
+            log.error("reload refused, the running configuration stays: invalid configuration: %s", exc)
+            return False
+        except Exception:
+            log.exception("reload failed, the running configuration stays")
+            return False
+        old = self.config
+        kept = [name for name in RESTART_ONLY_SECTIONS if getattr(new, name) != getattr(old, name)]
+        if kept:
+            log.warning("reload: %s changed; that takes effect only at a restart (the running one stays)",
+                        " and ".join(kept))
+            new = replace(new, **{name: getattr(old, name) for name in kept})
+        if new == old:
+            log.info("reload: configuration unchanged")
+            return True
+        try:
+            if self._rewire is not None:
+                self._rewire(old, new)
+        except Exception:
+            log.exception("reload failed while rebuilding adapters, the running configuration stays")
+            return False
+        self.config = new
+        self.engine.config = new
+        self.engine.history.lookback_seconds = new.policy.lookback_seconds
+        if new.policy.interval_seconds != old.policy.interval_seconds and self.scheduler.running:
+            self.scheduler.reschedule_job("tick", trigger="interval", seconds=new.policy.interval_seconds)
+        changed = [name for name in CONFIG_SECTIONS if getattr(new, name) != getattr(old, name)]
+        log.info("reloaded configuration: %s changed; %d target(s), %d metric(s), action %s%s",
+                 ", ".join(changed), len(new.targets), len(new.metrics), new.policy.action,
+                 " (dry run)" if new.policy.dry_run else "")
+        return True
+
     def tick(self) -> None:
+        if self._reload_requested.is_set():
+            self.reload_config()
         started = time.monotonic()
         now = self.clock.now()
         try:
@@ -83,6 +148,12 @@ class Daemon:
         finally:
             self.health.last_tick_end = self.clock.now()
         self.metrics.observe(report, time.monotonic() - started)
+        for dependency, problem in report.dependencies.items():
+            self.dependencies.report(dependency, problem)
+        self._tick_saw = set(report.dependencies)
+        if not self.health.kubernetes_ok:
+            # Ready as soon as a tick has synced the watch cache, not at the next probe round (a cheap check).
+            self.check_readiness(only=("kubernetes",))
         if self.leader is not None:
             self.metrics.is_leader.set(1 if self.leader.is_leader() else 0)
 
@@ -106,16 +177,26 @@ class Daemon:
         self.set_model(artifact)
         log.info("loaded model %s version %s", artifact.name, artifact.version)
 
-    def check_readiness(self) -> None:
-        results = {}
+    def check_readiness(self, only: Sequence[str] | None = None) -> None:
+        """Run the checks (those named in `only`, the others keep their last result)."""
+        results = dict(self._last_checks)
         for name, check in self.readiness_checks.items():
+            if only is not None and name not in only:
+                continue
             try:
                 results[name] = bool(check())
             except Exception:
                 results[name] = False
+        results = {name: ok for name, ok in results.items() if name in self.readiness_checks}
+        self._last_checks = results
         self.health.prometheus_ok = results.get("prometheus", True)
         self.health.kubernetes_ok = results.get("kubernetes", results.get("docker", True))  # the host's API
         self.health.detail = ", ".join(f"{k} {'ok' if v else 'unreachable'}" for k, v in results.items())
+        if self.health.last_tick_end is None:
+            return  # before the first tick nothing is synced yet: not an outage
+        for name, ok in results.items():
+            if name not in self._tick_saw:
+                self.dependencies.report(name, None if ok else "not answering its readiness check")
 
     def start(self) -> None:
         interval = self.config.policy.interval_seconds
@@ -164,8 +245,13 @@ class Daemon:
             log.info("received %s: finishing the current tick", signal.Signals(signum).name)
             stop_requested.set()
 
+        def on_hangup(_signum: int, _frame: object) -> None:
+            log.info("received SIGHUP: reloading the configuration at the next tick")
+            self.request_reload()
+
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
+        signal.signal(signal.SIGHUP, on_hangup)
         self.start()
         stop_requested.wait()
         self.stop()
@@ -217,14 +303,14 @@ def serve_http(daemon: Daemon, host: str, port: int) -> ThreadingHTTPServer:
     return server
 
 
-def build_daemon(config: Config) -> Daemon:
+def build_daemon(config: Config, config_path: str | os.PathLike[str] | None = None) -> Daemon:
     """Wire the real adapters: Kubernetes API (or a swarm manager's Engine API), Prometheus, Alertmanager, the
-    wall clock."""
+    wall clock. With `config_path`, SIGHUP reloads that file (Kubernetes only)."""
     if config.swarm_targets:
         return build_swarm_daemon(config)
     from kubernetes import client as kube_client
 
-    from predictor.actuators.kubernetes import KubernetesActuator
+    from predictor.actuators.kubernetes import CRASH_AT_ENV, CRASH_POINTS, KubernetesActuator
     from predictor.alerting import AlertmanagerNotifier, LoggingNotifier
     from predictor.config import ConfigError
     from predictor.hosts import ActuatorByKind, CombinedRolloutSource
@@ -242,35 +328,93 @@ def build_daemon(config: Config) -> Daemon:
         api_client = build_api_client(config.kubernetes)
     except KubeConfigError as exc:
         raise ConfigError([str(exc)], "kubernetes credentials") from exc
-    deployment_targets = [t for t in config.targets if t.kind == "Deployment"]
-    rollout_targets = [t for t in config.targets if t.kind == "Rollout"]
-    sources: list[Any] = [KubernetesRolloutSource(api_client, deployment_targets)] if deployment_targets else []
-    actuators: dict[str, Any] = {"deployment": KubernetesActuator(api_client, clock=SystemClock())}
-    if rollout_targets:  # Argo Rollouts beside (or instead of) Deployments
-        from predictor.actuators.argo import ArgoActuator
-        from predictor.rollouts.argo import ArgoRolloutSource
+    crash_at = os.environ.get(CRASH_AT_ENV) or None  # a test hook, read once (predictor/actuators/kubernetes.py)
+    if crash_at is not None and crash_at not in CRASH_POINTS:
+        raise ConfigError([f"{CRASH_AT_ENV}: expected one of {', '.join(CRASH_POINTS)}, got {crash_at!r}"],
+                          "environment")
 
-        sources.append(ArgoRolloutSource(api_client, rollout_targets))
-        actuators["rollout"] = ArgoActuator(api_client, clock=SystemClock())
-    rollouts = sources[0] if len(sources) == 1 else CombinedRolloutSource(sources)
+    def build_hosts(targets: Sequence[Any]) -> tuple[Any, Any]:
+        """The rollout source and the actuator for these targets (Deployments, Argo Rollouts or both)."""
+        deployment_targets = [t for t in targets if t.kind == "Deployment"]
+        rollout_targets = [t for t in targets if t.kind == "Rollout"]
+        sources: list[Any] = [KubernetesRolloutSource(api_client, deployment_targets)] if deployment_targets else []
+        actuators: dict[str, Any] = {"deployment": KubernetesActuator(api_client, clock=SystemClock(),
+                                                                      crash_at=crash_at)}
+        if rollout_targets:  # Argo Rollouts beside (or instead of) Deployments
+            from predictor.actuators.argo import ArgoActuator
+            from predictor.rollouts.argo import ArgoRolloutSource
+
+            sources.append(ArgoRolloutSource(api_client, rollout_targets))
+            actuators["rollout"] = ArgoActuator(api_client, clock=SystemClock())
+        source = sources[0] if len(sources) == 1 else CombinedRolloutSource(sources)
+        return source, ActuatorByKind(actuators)
+
+    rollouts, actuator = build_hosts(config.targets)
     metrics = PrometheusMetricSource(config.prometheus)
     clock = SystemClock()
-    notifier: Any
-    if config.alertmanager.url:
-        notifier = AlertmanagerNotifier(config.alertmanager, resend_seconds=config.policy.interval_seconds, clock=clock)
-    else:
-        notifier = LoggingNotifier()
+
+    def build_notifier(settings: Config) -> Any:
+        if settings.alertmanager.url:
+            return AlertmanagerNotifier(settings.alertmanager, resend_seconds=settings.policy.interval_seconds,
+                                        clock=clock)
+        return LoggingNotifier()
+
+    notifier = build_notifier(config)
     leader = None
     if election is not None:
         leader = LeaderElector(kube_client.CoordinationV1Api(api_client), election, clock=clock)
     scorer, artifact = build_scorer(config, scorer=config.models.scorer)
-    engine = Engine(config, rollouts=rollouts, metrics=metrics, actuator=ActuatorByKind(actuators),
+    engine = Engine(config, rollouts=rollouts, metrics=metrics, actuator=actuator,
                     notifier=notifier, scorer=scorer, may_act=leader.is_leader if leader is not None else lambda: True,
                     kill_switch=build_kill_switch(config, api_client))
     # Readiness never depends on leadership: a follower is ready to take over.
-    checks = {"prometheus": metrics.is_online, "kubernetes": rollouts.is_online}
+    checks: dict[str, Callable[[], bool]] = {"prometheus": metrics.is_online, "kubernetes": rollouts.is_online}
+    if config.alertmanager.url:
+        checks["alertmanager"] = lambda: bool(engine.notifier.is_online())
+
+    def load_checked() -> Config:
+        from predictor import preflight
+        from predictor.config import load_config
+
+        assert config_path is not None
+        new = load_config(config_path)
+        queries = preflight.check_queries(new)
+        if queries.problems:
+            raise ConfigError(list(queries.problems), str(config_path))
+        return new
+
+    def rewire(old: Config, new: Config) -> None:
+        """Rebuild what the changed sections feed; the engine's history and memory are kept."""
+        from predictor.telemetry import configure_logging
+
+        if new.targets != old.targets:
+            source, new_actuator = build_hosts(new.targets)
+            if hasattr(source, "sync"):
+                source.sync()  # raises when the API server cannot list the new targets: the old ones stay
+            previous, engine.rollouts, engine.actuator = engine.rollouts, source, new_actuator
+            checks["kubernetes"] = source.is_online
+            previous.close()
+        if new.prometheus != old.prometheus:
+            engine.metrics = PrometheusMetricSource(new.prometheus)
+            checks["prometheus"] = engine.metrics.is_online
+        if new.alertmanager != old.alertmanager or new.policy.interval_seconds != old.policy.interval_seconds:
+            previous, engine.notifier = engine.notifier, build_notifier(new)
+            previous.close()
+            if new.alertmanager.url:
+                checks["alertmanager"] = lambda: bool(engine.notifier.is_online())
+            else:
+                checks.pop("alertmanager", None)
+        if new.metrics != old.metrics or new.models != old.models:
+            engine.scorer, loaded = build_scorer(new, scorer=new.models.scorer)
+            daemon.set_model(loaded)
+        if new.safety != old.safety:
+            engine.kill_switch = build_kill_switch(new, api_client)
+        if new.logging != old.logging:
+            configure_logging(new.logging.format, new.logging.level)
+
     daemon = Daemon(config, engine, readiness_checks=checks, clock=clock, leader=leader,
-                    on_stop=[rollouts.close, notifier.close])
+                    on_stop=[lambda: engine.rollouts.close(), lambda: engine.notifier.close()],
+                    load_config=load_checked if config_path is not None else None, rewire=rewire)
     daemon.set_model(artifact)
     return daemon
 

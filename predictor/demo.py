@@ -55,6 +55,9 @@ class SimulatedCluster:
         return result
 
     # Actuator
+    def ensure_recorded(self, rollout: RolloutState) -> bool:
+        return True  # the simulated cluster records an action in one step: nothing is ever half-written
+
     def apply(self, decision: Decision, rollout: RolloutState) -> ActionResult:
         sim = self.rollouts[rollout.ref]
         recorded = sim.annotations.get(ANNOTATION_ACTION, Action.NONE.value)

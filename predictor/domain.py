@@ -26,6 +26,8 @@ ANNOTATION_POLICY_ACTION = ANNOTATION_PREFIX + "policy.action"
 """Set by users: this Deployment's `policy.action` (pause, undo or alert)."""
 ANNOTATION_THRESHOLD_PREFIX = ANNOTATION_PREFIX + "threshold."
 """Set by users: `predictor.io/threshold.<metric>` is this Deployment's threshold of that metric."""
+ANNOTATION_METRIC = ANNOTATION_PREFIX + "metric"
+"""The metric whose predicted breach led to the action: the `metric` label of its alert, re-derived after a restart."""
 REVISION_ANNOTATION = "deployment.kubernetes.io/revision"
 POD_TEMPLATE_HASH_LABEL = "pod-template-hash"
 
@@ -156,6 +158,9 @@ class Observation:
     time: float
     value: float | None
     error: str | None = None
+    failed: bool = False
+    """The source could not answer (query refused, timeout, unreachable, malformed response), as opposed to an
+    answer without a usable value (no series, NaN, too little traffic): counted as a query error."""
     pods: int = 0
     """How many pods contributed; 0 when unknown."""
     traffic: float | None = None

@@ -16,7 +16,16 @@ from predictor import policy as policy_rules
 from predictor import safety
 from predictor.config import Config, MetricSpec
 from predictor.detectors.base import Scorer
-from predictor.domain import Action, Alert, Assessment, Decision, DeploymentRef, Observation, RolloutState
+from predictor.domain import (
+    ANNOTATION_ACTION,
+    Action,
+    Alert,
+    Assessment,
+    Decision,
+    DeploymentRef,
+    Observation,
+    RolloutState,
+)
 from predictor.features import MetricHistory
 from predictor.policy import RolloutMemory
 from predictor.ports import ActionResult, Actuator, KillSwitch, MetricSource, Notifier, RolloutSource
@@ -48,6 +57,9 @@ class TickReport:
     kill_switch: bool = False
     budget_spent: int = 0
     """Pauses and undos within the action budget's window after this tick."""
+    dependencies: dict[str, str | None] = field(default_factory=dict)
+    """What this tick saw of its dependencies: "prometheus" (when it queried) and "kubernetes", None when up,
+    else why not."""
     withheld: list[tuple[Decision, str]] = field(default_factory=list)
     """Pauses and undos the safety limits turned into alerts, newly this tick (decision, why)."""
 
@@ -81,10 +93,13 @@ class Engine:
         self.memory: dict[DeploymentRef, RolloutMemory] = {}
         self._own_actions: list[safety.SpentAction] = []
         """Pauses and undos this process carried out (the watch cache may not show their records yet)."""
+        self._failing_metrics: set[str] = set()
         self._reported: set[object] = set()
         """Ignored annotations and withheld actions already logged at WARNING: once each, not every tick."""
         self.board = board if board is not None else StatusBoard()
         """What the status API, pages and reports show: recent values, forecasts and decisions per rollout."""
+        self._recorded: set[tuple[DeploymentRef, int, str]] = set()
+        """Actions recorded on Deployments whose Event this process has made sure of (`Actuator.ensure_recorded`)."""
 
     def tick(self, now: float) -> TickReport:
         report = TickReport(time=now)
@@ -92,8 +107,12 @@ class Engine:
             states = self.rollouts.list_rollouts(now)
         except Exception as exc:
             report.errors.append(f"listing rollouts failed: {exc}")
-            log.error("tick skipped: listing rollouts failed: %s", exc)
+            report.dependencies["kubernetes"] = f"listing rollouts failed: {exc}"
+            # DEBUG: the daemon logs one WARNING when Kubernetes goes down and one INFO when it is back.
+            log.debug("tick skipped: listing rollouts failed: %s", exc)
             return report
+        report.dependencies["kubernetes"] = None if self.rollouts.is_online() else (
+            "watch failing: rollouts served from the last state seen")
         report.kill_switch = self.kill_switch.engaged() if self.kill_switch is not None else False
         watched = [s for s in states if policy_rules.in_scope(s, now, self.config.policy, self.memory.get(s.ref))
                    and not self._opted_out(s)]
@@ -101,7 +120,10 @@ class Engine:
         self.board.begin_tick(now, watched)
         resolved = self._retire(watched, now)
         self._observe(watched, now, report)
+        self._watch_queries(report)
         leader = self.may_act()
+        if leader:
+            self._ensure_recorded(watched)
         for rollout in watched:
             decision = self._decide(rollout, now, report)
             resolved.extend(decision.resolved)
@@ -160,9 +182,33 @@ class Engine:
             report.errors.append(f"metric {spec.name}: {exc}")
             log.warning("metric %s: source failed: %s", spec.name, exc)
             return []
-        outcome = "ok" if any(o.known for o in observations) else "unknown"
+        if any(o.known for o in observations):
+            outcome = "ok"
+        elif any(o.failed for o in observations):
+            outcome = "error"
+            report.errors.append(f"metric {spec.name}: {next(o.error for o in observations if o.failed)}")
+        else:
+            outcome = "unknown"
         report.query_outcomes.append((spec.name, outcome))
         return observations
+
+    def _watch_queries(self, report: TickReport) -> None:
+        """Prometheus is down when every query failed (the daemon logs that once). While it is up, a metric whose
+        query keeps failing is one WARNING when it starts and one INFO when it answers again."""
+        if not report.query_outcomes:
+            return
+        failed = {metric for metric, outcome in report.query_outcomes if outcome == "error"}
+        if len(failed) == len(report.query_outcomes):
+            first = next((e for e in report.errors if e.startswith("metric ")), "every query failed")
+            report.dependencies["prometheus"] = first
+            return
+        report.dependencies["prometheus"] = None
+        for metric in sorted(failed - self._failing_metrics):
+            detail = next((e for e in report.errors if e.startswith(f"metric {metric}: ")), "")
+            log.warning("%s (retried every tick)", detail)
+        for metric in sorted(self._failing_metrics - failed):
+            log.info("metric %s: query answering again", metric)
+        self._failing_metrics = failed
 
     def _opted_out(self, rollout: RolloutState) -> bool:
         found = safety.opted_out(rollout)
@@ -245,6 +291,21 @@ class Engine:
         self.board.outcome(decision, f"{'applied' if result.applied else 'unchanged'}: {result.detail}")
         log.warning("%s %s revision %d%s: %s; %s", decision.action, rollout.ref, rollout.revision,
                     " (dry run)" if decision.dry_run else "", decision.reason, result.detail)
+
+    def _ensure_recorded(self, watched: Sequence[RolloutState]) -> None:
+        """Once per recorded action and process: its Event exists (a daemon killed after its write left none)."""
+        for rollout in watched:
+            if rollout.acted_revision is None:
+                continue
+            key = (rollout.ref, rollout.acted_revision, rollout.annotations.get(ANNOTATION_ACTION, ""))
+            if key in self._recorded:
+                continue
+            try:
+                if self.actuator.ensure_recorded(rollout):
+                    self._recorded.add(key)
+            except Exception:
+                log.exception("checking the Event of %s revision %d failed, will retry next tick", rollout.ref,
+                              rollout.acted_revision)
 
     def _notify(self, firing: list[Alert], resolved: list[Alert], now: float, report: TickReport) -> None:
         if not firing and not resolved:

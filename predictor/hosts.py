@@ -48,3 +48,8 @@ class ActuatorByKind:
         if actuator is None:
             raise RuntimeError(f"no actuator for {decision.ref.kind} {decision.ref}")
         return actuator.apply(decision, rollout)
+
+    def ensure_recorded(self, rollout: RolloutState) -> bool:
+        actuator = self.actuators.get(rollout.ref.kind)
+        ensure = getattr(actuator, "ensure_recorded", None)
+        return True if ensure is None else bool(ensure(rollout))

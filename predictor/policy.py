@@ -13,6 +13,9 @@ Per Deployment revision the memory moves watching -> at risk -> acted. Rules, in
 4. Unknown data never acts by itself; after `blind_after_ticks` unknown ticks in a row the rollout is reported
    blind (an alert, or a pause when `blind_action: pause`), never undone.
 5. A rollback (the current ReplicaSet is an older template brought back) is never undone again: at most alerted.
+6. What a restart forgets is re-derived from the Deployment's annotations (`recall`): an action recorded on this
+   revision fires its alert at once, and the rollback we started still carries the undone revision's alert
+   until it completes, so a daemon killed between its write and its alert still sends it.
 
 Scope (`in_scope`): a revision is watched while it rolls out, for `bake` after it completes, and beyond that while
 its evidence still builds (its top risk reached LIVE_RISK on one of the last `consecutive_ticks` ticks), up to
@@ -23,11 +26,25 @@ the bake ends. Its phase then reads `watching_beyond_bake`.
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from datetime import datetime
 
 from predictor.config import PolicyConfig, format_duration
-from predictor.domain import ANNOTATION_ACTION, Action, Alert, Assessment, Decision, RolloutState
+from predictor.domain import (
+    ANNOTATION_ACTED_AT,
+    ANNOTATION_ACTION,
+    ANNOTATION_METRIC,
+    ANNOTATION_PREDICTED_BREACH,
+    ANNOTATION_REASON,
+    ANNOTATION_RISK,
+    Action,
+    Alert,
+    Assessment,
+    Decision,
+    RolloutState,
+)
 
 ALERT_BREACH = "PredictedSLOBreach"
 ALERT_BLIND = "PredictorBlind"
@@ -114,6 +131,54 @@ def not_applied(memory: RolloutMemory) -> RolloutMemory:
     return replace(memory, phase=Phase.AT_RISK, acted=Action.NONE, acted_at=None)
 
 
+def recall(rollout: RolloutState, now: float) -> RolloutMemory:
+    """The memory of a revision first seen by this process, from what the Deployment's annotations record.
+
+    An action recorded on this revision makes it acted, its breach alert firing (later ticks update or resolve
+    it as usual). An undo recorded on an earlier revision while this one, its rollback, still rolls out carries
+    that revision's alert, as `succeed` does without a restart.
+    """
+    memory = RolloutMemory(revision=rollout.revision)
+    acted_revision, action = rollout.acted_revision, _recorded_action(rollout)
+    if acted_revision is None:
+        return memory
+    if acted_revision == rollout.revision:
+        return replace(memory, phase=Phase.ACTED, acted=action, acted_at=_annotation_time(rollout, ANNOTATION_ACTED_AT),
+                       breach_alert=_recorded_alert(rollout, acted_revision, now))
+    if acted_revision < rollout.revision and action is Action.UNDO and rollout.is_rollback and (
+            rollout.completed_at is None):
+        return replace(memory, carried_alert=_recorded_alert(rollout, acted_revision, now))
+    return memory
+
+
+def _annotation_time(rollout: RolloutState, key: str) -> float | None:
+    raw = rollout.annotations.get(key, "")
+    try:
+        return datetime.fromisoformat(raw).timestamp() if raw else None
+    except ValueError:
+        return None
+
+
+def _recorded_alert(rollout: RolloutState, revision: int, now: float) -> Alert:
+    """The breach alert of the action recorded on `revision`, with the labels the original one had."""
+    annotations = rollout.annotations
+    metric = annotations.get(ANNOTATION_METRIC, "")
+    reason = annotations.get(ANNOTATION_REASON, "")
+    try:
+        risk = float(annotations.get(ANNOTATION_RISK, "0"))
+    except ValueError:
+        risk = 0.0
+    acted_at = _annotation_time(rollout, ANNOTATION_ACTED_AT)
+    return Alert(
+        name=ALERT_BREACH, ref=rollout.ref, revision=revision, severity="critical", metric=metric,
+        summary=f"{rollout.ref} revision {revision}: {metric or 'a metric'} predicted to breach; "
+        f"{_recorded_action(rollout)} recorded on the Deployment",
+        description=reason, starts_at=acted_at if acted_at is not None and acted_at <= now else now,
+        predicted_breach=_annotation_time(rollout, ANNOTATION_PREDICTED_BREACH),
+        risk=risk if math.isfinite(risk) else 0.0,
+    )
+
+
 def _chosen_action(rollout: RolloutState, risk: float, policy: PolicyConfig) -> tuple[Action, str]:
     """The configured action, graded by confidence and by what the rollout allows."""
     action = policy.action
@@ -194,7 +259,7 @@ def decide(
 ) -> tuple[RolloutMemory, Decision]:
     """One tick of the policy for one rollout revision."""
     if memory is None or memory.revision != rollout.revision:
-        memory = RolloutMemory(revision=rollout.revision)
+        memory = recall(rollout, now)
     if memory.acted is Action.NONE and rollout.acted_revision == rollout.revision:
         memory = replace(memory, phase=Phase.ACTED, acted=_recorded_action(rollout))
     resolved: list[Alert] = []

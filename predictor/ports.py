@@ -59,6 +59,11 @@ class Actuator(Protocol):
         """Carry out a pause, undo or alert-only decision on the Deployment, record why, emit an Event."""
         ...
 
+    def ensure_recorded(self, rollout: RolloutState) -> bool:
+        """Make sure the action recorded in `rollout`'s annotations has its Event (a daemon killed between the
+        write and the Event left none). True when it has one now; False to try again on a later tick."""
+        ...
+
 
 class Notifier(Protocol):
     def send(self, firing: Sequence[Alert], resolved: Sequence[Alert], now: float) -> None:

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import json
 import logging
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from predictor.config import format_duration
 from predictor.domain import Action
 from predictor.engine import TickReport
+
+log = logging.getLogger(__name__)
+DEPENDENCIES = ("prometheus", "kubernetes", "alertmanager")
 
 
 class DaemonMetrics:
@@ -43,6 +49,9 @@ class DaemonMetrics:
         self.budget_limit = Gauge("predictor_action_budget_limit", "safety.budget.actions.", registry=r)
         self.withheld = Counter("predictor_actions_withheld", "Pauses and undos turned into alerts by a safety "
                                 "limit, once per revision and cause.", ["action", "cause"], registry=r)
+        self.dependency_up = Gauge("predictor_dependency_up", "1 while the dependency answers (prometheus: the "
+                                   "last tick's queries; kubernetes: listing and watches; alertmanager: /-/ready).",
+                                   ["dependency"], registry=r)
         self.model_loaded = Gauge("predictor_model_loaded", "1 per loaded model artifact.", ["model", "version"],
                                   registry=r)
 
@@ -72,6 +81,38 @@ class DaemonMetrics:
             self.actions.labels(str(decision.action), state).inc()
             if decision.action is not Action.NONE and decision.predicted_breach is not None:
                 self.lead.observe(max(decision.predicted_breach - decision.time, 0.0))
+
+
+class DependencyWatch:
+    """`predictor_dependency_up{dependency}` and one log line per change of state, not one per tick: a WARNING
+    when a dependency goes down (with why), an INFO when it is back (with how long it was down)."""
+
+    def __init__(self, gauge: Gauge, monotonic: Callable[[], float] = time.monotonic) -> None:
+        self._gauge = gauge
+        self._monotonic = monotonic
+        self._down_since: dict[str, float] = {}
+        self._seen: set[str] = set()
+
+    def report(self, dependency: str, problem: str | None) -> None:
+        """`problem` None: up; else why it is down."""
+        self._gauge.labels(dependency).set(0 if problem else 1)
+        first = dependency not in self._seen
+        self._seen.add(dependency)
+        if problem is not None:
+            if dependency not in self._down_since:
+                self._down_since[dependency] = self._monotonic()
+                log.warning("%s is down: %s (retried every tick; no action is taken on missing data)",
+                            dependency, problem)
+            else:
+                log.debug("%s still down: %s", dependency, problem)
+        elif dependency in self._down_since:
+            down_for = self._monotonic() - self._down_since.pop(dependency)
+            log.info("%s is back after %s", dependency, format_duration(down_for))
+        elif first:
+            log.debug("%s is up", dependency)
+
+    def is_down(self, dependency: str) -> bool:
+        return dependency in self._down_since
 
 
 class JsonFormatter(logging.Formatter):

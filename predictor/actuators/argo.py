@@ -61,6 +61,11 @@ class ArgoActuator:
         self._backoff_seconds = conflict_backoff_seconds
         self._instance = socket.gethostname()[:128]
 
+    def ensure_recorded(self, rollout: RolloutState) -> bool:
+        """The Rollout's Event is best effort and not re-created after a restart (only Deployments' are); the
+        annotations are the record a restarted daemon reads."""
+        return True
+
     def apply(self, decision: Decision, rollout: RolloutState) -> ActionResult:
         """Carry out `decision` on its Rollout. Raises ActuatorError when the API fails or conflicts last."""
         if decision.action is Action.NONE:

@@ -5,13 +5,25 @@ The engine calls `apply()` once per decision that asks for an action. Every atte
 and every write carries the resourceVersion it read, so the API server refuses (409) a write based on a stale
 read; a conflict is retried on a new read a few times. The annotations make the action happen once per
 revision, across restarts and replicas of the daemon.
+
+An action is two writes: the PATCH (which carries the annotations) and then a Warning Event. A daemon killed
+between them leaves an action without its Event, so the Event's name is derived from the Deployment's uid, the
+revision and the action: `ensure_recorded` (called by the engine for every Deployment whose annotations record
+an action) creates it when it is missing, and a second create of the same Event is refused (409) instead of
+duplicated.
+
+Test hook: `crash_at` (the daemon passes `$PREDICTOR_CRASH_AT`, read once at start) kills the process with
+SIGKILL at one step of the action path: `after_decision` (before any write), `after_patch` (before the
+Event), `after_event` (before the engine queues the alert). The fault-injection suite restarts the daemon
+after each and checks that the action happened once, with one Event and its alert.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import secrets
+import os
+import signal
 import socket
 import time
 from collections.abc import Mapping
@@ -27,13 +39,16 @@ from predictor.domain import (
     ANNOTATION_ACTED_REVISION,
     ANNOTATION_ACTION,
     ANNOTATION_DRY_RUN,
+    ANNOTATION_METRIC,
     ANNOTATION_PREDICTED_BREACH,
     ANNOTATION_REASON,
     ANNOTATION_RISK,
     REVISION_ANNOTATION,
     Action,
     Decision,
+    DryRunRecord,
     RolloutState,
+    parse_dry_run_record,
 )
 from predictor.kube import call_json
 from predictor.ports import ActionResult, Clock, SystemClock
@@ -70,6 +85,10 @@ ROLLBACK_ANNOTATIONS_TO_SKIP = frozenset({
     "deprecated.deployment.rollback.to",
 })
 MAX_MESSAGE_CHARS = 1024
+HTTP_ALREADY_EXISTS = 409
+CRASH_AT_ENV = "PREDICTOR_CRASH_AT"
+CRASH_POINTS = ("after_decision", "after_patch", "after_event")
+"""Where `crash_at` may kill the process (a test hook; see the module docstring)."""
 
 
 class ActuatorError(RuntimeError):
@@ -93,9 +112,13 @@ class KubernetesActuator:
         *,
         max_attempts: int = 5,
         conflict_backoff_seconds: float = 0.05,
+        crash_at: str | None = None,
     ) -> None:
         if max_attempts < 1:
             raise ValueError(f"max_attempts: expected at least 1, got {max_attempts}")
+        if crash_at is not None and crash_at not in CRASH_POINTS:
+            raise ValueError(f"crash_at: expected one of {', '.join(CRASH_POINTS)}, got {crash_at!r}")
+        self._crash_at = crash_at
         self._apps = client.AppsV1Api(api_client)
         self._core = client.CoreV1Api(api_client)
         self._component = component
@@ -110,6 +133,7 @@ class KubernetesActuator:
         if decision.action == Action.NONE:
             return ActionResult(applied=False, detail="no action asked")
         what = f"{decision.action.value} of {decision.ref} revision {decision.revision}"
+        self._crash_if("after_decision")
         for attempt in range(1, self._max_attempts + 1):
             try:
                 return self._attempt(decision, rollout, attempt)
@@ -155,10 +179,7 @@ class KubernetesActuator:
             )
 
         if decision.dry_run:
-            self._emit_event(deployment, EVENT_REASON_DRY_RUN, decision)
-            log.info("dry run: would %s deployment %s at revision %d (risk %.2f): %s",
-                        decision.action.value, ref, decision.revision, decision.risk, decision.reason)
-            return ActionResult(applied=False, detail=f"dry run: would {decision.action.value}")
+            return self._record_dry_run(deployment, decision)
 
         ours = self._annotations(decision)
         version = metadata.get("resourceVersion")
@@ -181,10 +202,33 @@ class KubernetesActuator:
             detail = f"alert recorded on revision {decision.revision}"
         if attempt > 1:
             detail += f" (attempt {attempt})"
-        self._emit_event(deployment, EVENT_REASONS[decision.action], decision)
+        self._crash_if("after_patch")
+        self._emit_event(deployment, EVENT_REASONS[decision.action], decision.revision, decision.action.value,
+                         decision.reason)
+        self._crash_if("after_event")
         # INFO, not WARNING: the engine logs the one WARNING per action, with this result's detail.
         log.info("deployment %s: %s (risk %.2f): %s", ref, detail, decision.risk, decision.reason)
         return ActionResult(applied=changed, detail=detail)
+
+    def _record_dry_run(self, deployment: dict[str, Any], decision: Decision) -> ActionResult:
+        """Dry run: record what would have been done on the Deployment (`predictor.io/dry-run`), then the Event;
+        a record of this revision with an action as strong means it was done already (by us before a restart,
+        or by another replica): no second Event."""
+        ref = decision.ref
+        metadata = deployment.get("metadata") or {}
+        recorded = parse_dry_run_record((metadata.get("annotations") or {}).get(ANNOTATION_DRY_RUN))
+        if (recorded is not None and recorded.revision == decision.revision
+                and ACTION_SEVERITY[recorded.action] >= ACTION_SEVERITY[decision.action]):
+            return ActionResult(applied=False, detail=f"dry run: already recorded ({recorded})")
+        record = DryRunRecord(decision.action, decision.revision, format_time(self._clock.now()) or "")
+        body = {"metadata": {"annotations": {ANNOTATION_DRY_RUN: str(record)},
+                             "resourceVersion": metadata.get("resourceVersion")}}
+        patched = self._merge_patch(ref.name, ref.namespace, body)
+        self._emit_event(patched, EVENT_REASON_DRY_RUN, decision.revision, f"dry-run-{decision.action.value}",
+                         decision.reason)
+        log.info("dry run: would %s deployment %s at revision %d (risk %.2f): %s",
+                 decision.action.value, ref, decision.revision, decision.risk, decision.reason)
+        return ActionResult(applied=False, detail=f"dry run: would {decision.action.value} (recorded)")
 
     def _undo(
         self, deployment: dict[str, Any], decision: Decision, rollout: RolloutState, ours: Mapping[str, str],
@@ -246,19 +290,50 @@ class KubernetesActuator:
             ANNOTATION_RISK: f"{decision.risk:.3f}",
             ANNOTATION_PREDICTED_BREACH: format_time(breach) if breach is not None else "",
             ANNOTATION_DRY_RUN: "true" if decision.dry_run else "false",
+            ANNOTATION_METRIC: decision.metric or "",
         }
 
-    def _emit_event(self, deployment: Mapping[str, Any], reason: str, decision: Decision) -> None:
-        """Create a Warning Event on the Deployment; a failure is logged, never raised."""
+    def ensure_recorded(self, rollout: RolloutState) -> bool:
+        """Create the Event of the action recorded in `rollout`'s annotations if it is missing (see the module
+        docstring). True when the Event exists now (or there is none to have), False when the API failed."""
+        annotations = rollout.annotations
+        revision, recorded = rollout.acted_revision, annotations.get(ANNOTATION_ACTION, "")
+        if revision is None or recorded not in {a.value for a in EVENT_REASONS} or (
+                annotations.get(ANNOTATION_DRY_RUN) == "true"):
+            return True
+        ref = rollout.ref
+        try:
+            deployment = call_json(self._apps.read_namespaced_deployment, ref.name, ref.namespace)
+        except ApiException as exc:
+            if exc.status == HTTP_NOT_FOUND:
+                return True
+            log.warning("cannot check the Event of %s revision %d: %s", ref, revision, _api_error(exc))
+            return False
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            log.warning("cannot check the Event of %s revision %d: %s", ref, revision, exc)
+            return False
+        message = annotations.get(ANNOTATION_REASON, "") or f"{recorded} recorded on revision {revision}"
+        return self._emit_event(deployment, EVENT_REASONS[Action(recorded)], revision, recorded, message,
+                                at=annotations.get(ANNOTATION_ACTED_AT))
+
+    def _crash_if(self, point: str) -> None:
+        if self._crash_at == point:
+            log.critical("test hook: PREDICTOR_CRASH_AT=%s, killing this process with SIGKILL", point)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def _emit_event(self, deployment: Mapping[str, Any], reason: str, revision: int, tag: str, message: str,
+                    *, at: str | None = None) -> bool:
+        """Create the Warning Event of one action on the Deployment; its name is unique to (uid, revision, tag),
+        so an Event already there is refused with 409 and counts as created. A failure is logged, never raised;
+        returns whether the Event exists now."""
         metadata = deployment.get("metadata") or {}
-        name, namespace = str(metadata.get("name", decision.ref.name)), decision.ref.namespace
-        now = self._clock.now()
-        suffix = f"{int(now * 1e9):x}{secrets.token_hex(3)}"
-        stamp = format_time(now)
+        name, namespace = str(metadata.get("name", "")), str(metadata.get("namespace", ""))
+        stamp = at or format_time(self._clock.now())
         body = {
             "apiVersion": "v1",
             "kind": "Event",
-            "metadata": {"name": f"{name[: 252 - len(suffix)]}.{suffix}", "namespace": namespace},
+            "metadata": {"name": event_name(name, str(metadata.get("uid") or ""), revision, tag),
+                         "namespace": namespace},
             "involvedObject": {
                 "apiVersion": "apps/v1",
                 "kind": "Deployment",
@@ -268,7 +343,7 @@ class KubernetesActuator:
                 "resourceVersion": metadata.get("resourceVersion"),
             },
             "reason": reason,
-            "message": decision.reason[:MAX_MESSAGE_CHARS],
+            "message": message[:MAX_MESSAGE_CHARS],
             "type": "Warning",
             "source": {"component": self._component},
             "firstTimestamp": stamp,
@@ -279,9 +354,23 @@ class KubernetesActuator:
         }
         try:
             call_json(self._core.create_namespaced_event, namespace, body)
-        except (ApiException, urllib3.exceptions.HTTPError, OSError) as exc:
-            detail = _api_error(exc) if isinstance(exc, ApiException) else str(exc)
-            log.error("could not create Event %s on deployment %s: %s", reason, decision.ref, detail)
+        except ApiException as exc:
+            if exc.status == HTTP_ALREADY_EXISTS:
+                log.debug("Event %s of %s/%s revision %d already exists", reason, namespace, name, revision)
+                return True
+            log.error("could not create Event %s on deployment %s/%s: %s", reason, namespace, name, _api_error(exc))
+            return False
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            log.error("could not create Event %s on deployment %s/%s: %s", reason, namespace, name, exc)
+            return False
+        log.info("Event %s created on deployment %s/%s revision %d", reason, namespace, name, revision)
+        return True
+
+
+def event_name(deployment: str, uid: str, revision: int, tag: str) -> str:
+    """`<deployment>.predictor-<uid prefix>-r<revision>-<tag>`: one name per action, at most 253 characters."""
+    suffix = f".predictor-{uid[:8]}-r{revision}-{tag}".replace("--", "-")
+    return deployment[: 253 - len(suffix)] + suffix
 
 
 def _api_error(exc: ApiException) -> str:

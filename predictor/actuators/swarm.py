@@ -71,6 +71,10 @@ class SwarmActuator:
         self._max_attempts = max_attempts
         self._backoff_seconds = conflict_backoff_seconds
 
+    def ensure_recorded(self, rollout: RolloutState) -> bool:
+        """Swarm has no Events: the service label written with the action is the whole record."""
+        return True
+
     def apply(self, decision: Decision, rollout: RolloutState) -> ActionResult:
         """Carry out `decision` on its service (see the module docstring). Raises SwarmActuatorError when the
         API fails, when conflicts outlast `max_attempts`, or when an undo finds no previous spec."""

@@ -259,7 +259,8 @@ class PrometheusMetricSource:
         try:
             series = self.client.query(promql, at)
         except QueryError as exc:
-            _LOG.warning("metric %s: %s failed: %s", spec.name, which, exc)
+            # DEBUG: the daemon logs one WARNING when Prometheus goes down and one INFO when it is back.
+            _LOG.debug("metric %s: %s failed: %s", spec.name, which, exc)
             return f"{spec.name}: {which} failed: {exc}"
         samples: list[PodSample] = []
         unlabelled = 0

@@ -564,7 +564,7 @@ def unknown_observations(rollouts: Sequence[RolloutState], metric: str, at: floa
     observations: list[Observation] = []
     for rollout in rollouts:
         observations.extend(
-            Observation(ref=rollout.ref, metric=metric, scope=scope, time=at, value=None, error=error)
+            Observation(ref=rollout.ref, metric=metric, scope=scope, time=at, value=None, error=error, failed=True)
             for scope in SCOPES
         )
     return observations

@@ -21,6 +21,7 @@ from predictor.domain import (
     ANNOTATION_ACTED_REVISION,
     ANNOTATION_ACTION,
     ANNOTATION_DRY_RUN,
+    ANNOTATION_METRIC,
     ANNOTATION_PREDICTED_BREACH,
     ANNOTATION_REASON,
     ANNOTATION_RISK,
@@ -113,6 +114,7 @@ def test_pause_patches_once_records_why_and_emits_an_event(mid_rollout: FakeKube
         ANNOTATION_RISK: "0.934",
         ANNOTATION_PREDICTED_BREACH: "2027-01-15T08:04:00Z",
         ANNOTATION_DRY_RUN: "false",
+        ANNOTATION_METRIC: "error_ratio",
     }
     assert annotations["deployment.kubernetes.io/revision"] == "2"  # other annotations untouched
 
@@ -303,19 +305,30 @@ def test_a_stale_read_gets_409_from_the_server(mid_rollout: FakeKubeAPI,
     assert actuator.apply(decision(Action.PAUSE), rollout(fake)).applied  # ours reads fresh
 
 
-def test_dry_run_patches_nothing_and_emits_an_event(mid_rollout: FakeKubeAPI,
-                                                   actuator: KubernetesActuator) -> None:
+def test_dry_run_records_what_it_would_do_and_emits_one_event_per_action(
+        mid_rollout: FakeKubeAPI, actuator: KubernetesActuator, fake_kube: FakeKubeAPI) -> None:
     fake = mid_rollout
     before = deployment(fake)
     for action in (Action.PAUSE, Action.UNDO):
         result = actuator.apply(decision(action, dry_run=True), rollout(fake))
-        assert (result.applied, result.detail) == (False, f"dry run: would {action.value}")
-    assert patches(fake) == []
-    assert deployment(fake)["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
+        assert (result.applied, result.detail) == (False, f"dry run: would {action.value} (recorded)")
+    after = deployment(fake)
+    assert after["spec"] == before["spec"], "nothing changed but the record"
+    assert after["metadata"]["annotations"]["predictor.io/dry-run"] == "would undo revision 2 at 2027-01-15T08:00:00Z"
+    assert "predictor.io/acted-revision" not in after["metadata"]["annotations"], "going live later still acts"
+    assert [p.content_type for p in patches(fake)] == ["application/merge-patch+json"] * 2
     events = our_events(fake)
     assert [e["reason"] for e in events] == ["PredictorDryRun", "PredictorDryRun"]
     assert events[0]["message"] == REASON
     assert len({e["metadata"]["name"] for e in events}) == 2  # unique names at the same instant
+
+    # A restarted daemon (a new actuator, no memory) decides the same again: the record says it was done.
+    restarted = KubernetesActuator(fake_kube.api_client(), component="predictor-test", clock=FixedClock(T0 + 60))
+    for action in (Action.PAUSE, Action.UNDO):
+        again = restarted.apply(decision(action, dry_run=True), rollout(fake))
+        assert again.detail == "dry run: already recorded (would undo revision 2 at 2027-01-15T08:00:00Z)"
+    assert len(our_events(fake)) == 2, "no PredictorDryRun Event repeated"
+    assert len(patches(fake)) == 2
 
 
 def test_a_deployment_gone_or_moved_on_is_left_alone(mid_rollout: FakeKubeAPI,
@@ -404,3 +417,19 @@ def test_no_action_touches_nothing(mid_rollout: FakeKubeAPI, actuator: Kubernete
     assert not result.applied
     assert mid_rollout.requests == []
 
+
+
+def test_a_missing_event_is_created_from_the_deployments_record_once(mid_rollout: FakeKubeAPI,
+                                                                     actuator: KubernetesActuator) -> None:
+    fake = mid_rollout
+    assert actuator.apply(decision(Action.PAUSE), rollout(fake)).applied
+    [event] = our_events(fake)
+    assert actuator.ensure_recorded(rollout(fake)), "the Event is there"
+    assert len(our_events(fake)) == 1, "a second create of the same Event is refused, not duplicated"
+    fake.delete("v1", "Event", "default", event["metadata"]["name"])  # as if killed between PATCH and Event
+    assert actuator.ensure_recorded(rollout(fake))
+    [again] = our_events(fake)
+    assert (again["metadata"]["name"], again["reason"], again["message"]) == (
+        event["metadata"]["name"], "PredictorPaused", REASON)
+    assert again["involvedObject"]["uid"] == deployment(fake)["metadata"]["uid"]
+    assert patches(fake) != [] and len(patches(fake)) == 1, "nothing re-applied"

@@ -5,6 +5,8 @@ import urllib.error
 import urllib.request
 from dataclasses import replace
 
+import pytest
+
 from predictor.config import ServerConfig
 from predictor.daemon import Daemon
 from predictor.demo import SimulatedCluster, demo_config
@@ -114,3 +116,42 @@ def test_reload_swaps_in_a_newer_artifact_and_reports_it(tmp_path) -> None:  # t
     assert daemon.engine.scorer is loaded, "the same version is not loaded twice"
     samples = [s for m in daemon.metrics.model_loaded.collect() for s in m.samples]
     assert [(s.labels["model"], s.value) for s in samples] == [("rollout-risk", 1.0)]
+
+
+def test_reload_keeps_the_running_config_when_the_new_one_is_invalid_or_needs_a_restart(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import logging
+
+    from predictor.config import ConfigError
+
+    daemon, _, _ = make_daemon({"prometheus": True, "kubernetes": True})
+    running = daemon.config
+    offered: list[object] = [ConfigError(["policy.interval: expected a duration of at least 1s, got '500ms'"],
+                                         "predictor.yaml")]
+    rewired: list[tuple[object, object]] = []
+
+    def load():  # type: ignore[no-untyped-def]
+        item = offered.pop(0)
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    daemon._load_config = load
+    daemon._rewire = lambda old, new: rewired.append((old, new))
+    with caplog.at_level(logging.INFO, logger="predictor.daemon"):
+        assert daemon.reload_config() is False
+        assert daemon.config is running and rewired == []
+        changed = replace(running, server=ServerConfig(host="127.0.0.1", port=9999),
+                          policy=replace(running.policy, action=Action.PAUSE, lookback_seconds=300.0))
+        offered.append(changed)
+        assert daemon.reload_config() is True
+    assert daemon.config.server == running.server, "the bound address stays until a restart"
+    assert daemon.engine.config.policy.action is Action.PAUSE
+    assert daemon.engine.history.lookback_seconds == 300.0
+    assert len(rewired) == 1
+    messages = [r.getMessage() for r in caplog.records]
+    assert ("reload refused, the running configuration stays: invalid configuration: predictor.yaml: 1 problem(s):\n"
+            "  policy.interval: expected a duration of at least 1s, got '500ms'") in messages
+    assert any(m.startswith("reload: server changed; that takes effect only at a restart") for m in messages)
+    assert any(m.startswith("reloaded configuration: policy changed") for m in messages)

@@ -4,8 +4,11 @@ from dataclasses import replace
 
 from predictor.config import PolicyConfig
 from predictor.domain import (
+    ANNOTATION_ACTED_AT,
     ANNOTATION_ACTED_REVISION,
     ANNOTATION_ACTION,
+    ANNOTATION_METRIC,
+    ANNOTATION_REASON,
     Action,
     Assessment,
     DeploymentRef,
@@ -247,3 +250,25 @@ def test_warning_alert_resolves_after_clear_ticks() -> None:
     _, decisions = run([0.6, 0.6, 0.2, 0.2])
     assert decisions[1].alerts and not decisions[2].resolved
     assert [a.name for a in decisions[3].resolved] == [ALERT_BREACH]
+
+
+def test_a_restart_re_derives_the_alerts_of_recorded_actions_from_the_annotations() -> None:
+    recorded = {ANNOTATION_ACTED_REVISION: "2", ANNOTATION_ACTION: "undo", ANNOTATION_METRIC: "error_ratio",
+                ANNOTATION_REASON: "undo: error_ratio new pods 0.11", ANNOTATION_ACTED_AT: "1970-01-01T00:00:10Z"}
+    # Killed after the undo's PATCH: revision 3 is the rollback, still rolling out, and carries revision 2's alert.
+    rollback = rollout(revision=3, is_rollback=True, annotations=recorded)
+    memory, decision = decide(None, rollback, [risk(None)], 20.0, POLICY)
+    assert decision.action is Action.NONE
+    assert [(a.name, a.revision, a.metric, a.starts_at) for a in memory.alerts] == [
+        (ALERT_BREACH, 2, "error_ratio", 10.0)]
+    # ... and resolves it once the rollback completed.
+    _, done = decide(memory, replace(rollback, completed_at=30.0), [risk(None)], 31.0, POLICY)
+    assert [a.revision for a in done.resolved] == [2]
+    # Killed after a pause: the paused revision is acted on and its alert fires on the first tick.
+    paused = rollout(paused=True, annotations={**recorded, ANNOTATION_ACTION: "pause"})
+    memory, decision = decide(None, paused, [risk(None)], 20.0, POLICY)
+    assert decision.action is Action.NONE and memory.acted is Action.PAUSE
+    assert [(a.name, a.revision, a.severity) for a in memory.alerts] == [(ALERT_BREACH, 2, "critical")]
+    # A completed rollback, or an undo of a revision we are not rolling back from, carries nothing.
+    assert decide(None, replace(rollback, completed_at=15.0), [risk(None)], 20.0, POLICY)[0].alerts == ()
+    assert decide(None, replace(rollback, is_rollback=False), [risk(None)], 20.0, POLICY)[0].alerts == ()
