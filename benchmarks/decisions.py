@@ -40,7 +40,11 @@ Usage (from the repository root; needs `prometheus` and `promtool` on PATH or /u
 
     python benchmarks/decisions.py --split dev|test --workers 2 [--scorer trend|forecast] [--policy horizon=10m]
         [--count N --seed N] [--scrape-interval 30] [--rate-window 5m] [--expected-counts]
+        [--query-form per-pod|aggregate]
 
+`--query-form aggregate` replays the default pack written as SLO queries usually are, one value for the pods in
+{pods} (`predictor.config.aggregate_metric_pack`: `sum(errors) / sum(requests)`, `histogram_quantile(0.99, sum by
+(le) (...))`, `max(usage / on(namespace, pod, container) limits)`...), rendered once per scope per rollout.
 `--split` picks a frozen split (`dev` to tune on, `test` to measure; `--count`/`--seed` make a custom one).
 `--scrape-interval` and `--rate-window` replace every scenario's own with one value (the breach and the baselines
 read the same series). Each scrape interval's requests, errors and latency buckets are drawn at random (Poisson,
@@ -82,6 +86,7 @@ from predictor.config import (  # noqa: E402
     ConfigError,
     PrometheusConfig,
     TLSConfig,
+    aggregate_metric_pack,
     format_duration,
     parse_config,
     parse_duration,
@@ -116,7 +121,8 @@ KAYENTA_LOOKBACK_SECONDS = 300.0
 KAYENTA_MIN_SAMPLES = 3
 KAYENTA_P_VALUE = 0.01
 KAYENTA_TOLERANCE = 0.25
-DEFAULT_RESULTS = ROOT / "benchmarks" / "results" / "decisions.md"
+RESULTS = ROOT / "benchmarks" / "results"
+"""Where a run's report goes by default: `frozen-<split>.md` (`decisions-custom.md` for a custom split)."""
 
 _POD_TO_DEPLOYMENT = '"deployment", "$1", "pod", "(.+)-[a-z0-9]+-[a-z0-9]+"'
 
@@ -385,13 +391,17 @@ class Outcome:
 
 
 def benchmark_config(url: str, namespaces: Iterable[str], policy: Mapping[str, str] | None = None,
-                     scraping: Scraping = Scraping()) -> Config:
+                     scraping: Scraping = Scraping(), query_form: str = "per-pod") -> Config:
     """What a user would write: the Prometheus URL and the namespaces; the default pack (its rate windows as
-    `scraping` says) and the default policy with `policy`'s keys (as in the config file's `policy:` section)
-    replaced."""
+    `scraping` says), or with `query_form` "aggregate" the same pack as SLO queries are usually written
+    (`config.aggregate_metric_pack`), and the default policy with `policy`'s keys (as in the config file's
+    `policy:` section) replaced."""
     raw: dict[str, Any] = {"prometheus": {"url": url}, "targets": [{"namespace": ns} for ns in namespaces]}
     if policy:
         raw["policy"] = dict(policy)
+    if query_form == "aggregate":
+        raw["metrics"] = [{"name": m.name, "query": m.query, "threshold": m.threshold, "unit": m.unit}
+                          for m in aggregate_metric_pack()]
     config = parse_config(raw, "benchmark")
     metrics = tuple(replace(m, query=scraping.query(m.query),
                             denominator=scraping.query(m.denominator) if m.denominator else None)
@@ -550,15 +560,15 @@ def kayenta(
 
 
 ShardJob = tuple[list[Planned], float, float, str, str, str, str | None, dict[str, str], dict[str, float], Scraping,
-                 bool]
+                 bool, str]
 """(scenarios, data start, data end, prometheus, promtool, scorer name, directory to keep the data in or None,
-policy keys replaced, scorer parameters, scraping, expected counts instead of drawn ones)"""
+policy keys replaced, scorer parameters, scraping, expected counts instead of drawn ones, query form)"""
 
 
 def run_shard(args: ShardJob) -> tuple[list[Outcome], dict[str, float]]:
     """Backfill one Prometheus with a shard's scenarios, replay the predictor over it and evaluate the baselines."""
     (planned, window_start, window_end, prometheus, promtool, scorer_name, keep, policy_overrides, scorer_params,
-     scraping, expected_counts) = args
+     scraping, expected_counts, query_form) = args
     logging.basicConfig(level=logging.ERROR)
     timings: dict[str, float] = {}
     workdir = Path(tempfile.mkdtemp(prefix="decisions-", dir=keep))
@@ -579,7 +589,8 @@ def run_shard(args: ShardJob) -> tuple[list[Outcome], dict[str, float]]:
         _progress(f"shard of {len(planned)}: {timings['samples']:.0f} samples generated in "
                   f"{timings['generate_s']:.0f} s and backfilled in {timings['backfill_s']:.0f} s")
         server = Prometheus(prometheus, workdir)
-        config = benchmark_config(server.url, [p.namespace for p in planned], policy_overrides, scraping)
+        config = benchmark_config(server.url, [p.namespace for p in planned], policy_overrides, scraping,
+                                  query_form)
         policy = config.policy
 
         clock = time.monotonic()
@@ -913,7 +924,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--kinds", default=",".join(FAMILIES), help="comma-separated families")
     parser.add_argument("--only", default=None, metavar="N,N,...",
                         help="run only these scenario numbers of the plan (as in --details), to look into them")
-    parser.add_argument("--output", type=Path, default=DEFAULT_RESULTS)
+    parser.add_argument("--output", type=Path, default=None,
+                        help="the report (default benchmarks/results/frozen-<split>.md, decisions-custom.md if custom)")
     parser.add_argument("--details", type=Path, default=None, help="JSON Lines: one object per rollout")
     parser.add_argument("--keep", default=None, help="keep the Prometheus data under this directory")
     parser.add_argument("--prometheus", default=None)
@@ -926,6 +938,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="one scrape interval for every scenario (default: each scenario's own, 10-60 s)")
     parser.add_argument("--rate-window", default=None, metavar="DURATION",
                         help="one rate window for every scenario (default: each scenario's own, 1m-5m)")
+    parser.add_argument("--query-form", choices=["per-pod", "aggregate"], default="per-pod",
+                        help="the default pack as it is (per pod, the default) or written as aggregate SLO queries "
+                             "(one value for the pods in {pods}, rendered per scope)")
     parser.add_argument("--expected-counts", action="store_true",
                         help="add the expected request, error and latency-bucket counts instead of drawing them at "
                              "random as real counters grow")
@@ -960,6 +975,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.count is not None or args.seed is not None:
         split = Split("custom", seed=split.seed if args.seed is None else args.seed,
                       count=split.count if args.count is None else args.count)
+    output = args.output or RESULTS / ("decisions-custom.md" if custom else f"frozen-{split.name}.md")
     split_name = f"{split.name} (seed {split.seed}, {split.count} per family{', some families' if custom else ''})"
     window_start = WINDOW_START
     window_end = window_start + PRE_ROLLOUT_SECONDS + STAGGER_SECONDS + EVALUATION_SECONDS
@@ -969,7 +985,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         planned = [p for p in planned if p.number in wanted]
     started = time.monotonic()
     jobs = [(group, window_start, window_end, prometheus, promtool, args.scorer, args.keep, policy_overrides,
-             scorer_params, Scraping(args.scrape_interval, window), args.expected_counts)
+             scorer_params, Scraping(args.scrape_interval, window), args.expected_counts, args.query_form)
             for window, group in shard(planned, args.rate_window, args.per_shard)]
     _progress(f"{len(planned)} scenarios in {len(jobs)} shard(s) on {min(args.workers, len(jobs))} worker(s)")
     with multiprocessing.get_context("spawn").Pool(min(args.workers, len(jobs))) as pool:
@@ -985,8 +1001,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     text = report(outcomes, command.strip(), timings, args.scorer, Scraping(args.scrape_interval,
                   args.rate_window or "each scenario's own"), args.expected_counts, split_name)
     print(text)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(text, encoding="utf-8")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(text, encoding="utf-8")
     if args.details is not None:
         args.details.parent.mkdir(parents=True, exist_ok=True)
         with args.details.open("w", encoding="utf-8") as handle:

@@ -7,6 +7,12 @@ alert replaces an older one that was not delivered yet, and a resolve is never l
 
 Like Prometheus, a firing alert carries `endsAt` = last send + 4 resend intervals: if the daemon dies,
 Alertmanager resolves its alerts by itself.
+
+Alertmanager never notifies a resolve for an alert it never notified firing, and it notifies a new alert only
+after its route's `group_wait`. So an alert is never resolved before Alertmanager has held it firing for
+`group_wait_seconds`: a resolve of an alert never delivered firing (it fired and resolved while Alertmanager
+was down) is sent as firing first, and every resolve waits until its alert has been delivered firing for that
+long ("held"). Held resolves are sent at once by `close`.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import math
 import random
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -26,7 +32,7 @@ import requests
 
 from predictor import __version__
 from predictor.config import AlertmanagerConfig
-from predictor.domain import Alert
+from predictor.domain import Alert, DeploymentRef
 from predictor.ports import Clock, SystemClock
 
 log = logging.getLogger(__name__)
@@ -37,6 +43,8 @@ _RETRYABLE_4XX = frozenset({408, 429})
 """Request Timeout and Too Many Requests: the only client errors that may succeed when tried again."""
 _MAX_LOGGED_BODY_CHARS = 2000
 _CLOSE_GRACE_SECONDS = 1.0
+_MAX_ANNOUNCED = 10_000
+"""Alerts remembered as delivered firing (a bound: the oldest is forgotten first)."""
 
 
 def format_rfc3339(seconds: float, *, millis: bool = True) -> str:
@@ -90,6 +98,8 @@ class _Pending:
     sent_at: float
     """The `now` of the send that carried this state: a firing alert is valid until sent_at + 4 resends."""
     resolved_at: float | None
+    announce: bool = False
+    """A resolve of an alert never delivered firing: sent as firing, then held and sent as resolved."""
 
 
 class _Outcome(enum.Enum):
@@ -115,6 +125,8 @@ class AlertmanagerNotifier:
         clock: Clock | None = None,
         backoff_initial_seconds: float = 1.0,
         backoff_max_seconds: float = 60.0,
+        group_wait_seconds: float | None = None,
+        page_url: Callable[[DeploymentRef], str] | None = None,
     ) -> None:
         if not config.url:
             raise ValueError("alertmanager.url: required for AlertmanagerNotifier (use LoggingNotifier without it)")
@@ -126,11 +138,19 @@ class AlertmanagerNotifier:
                 f"max={backoff_max_seconds!r}"
             )
         self.config = config
+        self.page_url = page_url
+        """The rollout's status page (`ServerConfig.page_url`): the alert's generatorURL when it gives one."""
         self.resend_seconds = resend_seconds
         self.clock: Clock = clock or SystemClock()
         """Decides when an undelivered firing alert has expired (it is then not sent: Alertmanager expired it)."""
         self.backoff_initial_seconds = backoff_initial_seconds
         self.backoff_max_seconds = backoff_max_seconds
+        self.group_wait_seconds = config.group_wait_seconds if group_wait_seconds is None else group_wait_seconds
+        """How long an alert is kept firing in Alertmanager before its resolve is sent (see the module docstring)."""
+        self._announced: dict[tuple[str, str, str, int, str], float] = {}
+        """Alerts delivered firing and not yet resolved: the monotonic time of their first firing delivery."""
+        self._held: dict[tuple[str, str, str, int, str], tuple[_Pending, float]] = {}
+        """Resolves waiting for their alert's `group_wait_seconds`: (the resolve, monotonic time to send it)."""
         self.sent = 0
         self.failed = 0
         self.dropped = 0
@@ -150,7 +170,7 @@ class AlertmanagerNotifier:
     def pending(self) -> int:
         """Alerts not delivered yet: queued, or in a POST in flight."""
         with self._cond:
-            return len(self._pending.keys() | self._in_flight.keys())
+            return len(self._pending.keys() | self._in_flight.keys() | self._held.keys())
 
     def send(self, firing: Sequence[Alert], resolved: Sequence[Alert], now: float) -> None:
         """Queue the newest state of these alerts and return at once; delivery happens in the background.
@@ -163,13 +183,52 @@ class AlertmanagerNotifier:
                 log.warning("alertmanager notifier is closed: dropping %d alert(s)", len(firing) + len(resolved))
                 return
             for alert in resolved:
-                self._pending[alert.key] = _Pending(alert, sent_at=now, resolved_at=now)
+                entry = _Pending(alert, sent_at=now, resolved_at=now, announce=alert.key not in self._announced)
+                if entry.announce or not self._hold_locked(entry):
+                    self._pending[alert.key] = entry
             for alert in firing:
+                self._held.pop(alert.key, None)  # firing again: the held resolve is obsolete
                 self._pending[alert.key] = _Pending(alert, sent_at=now, resolved_at=None)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="alertmanager-notifier", daemon=True)
                 self._thread.start()
             self._cond.notify_all()
+
+    def _hold_locked(self, entry: _Pending) -> bool:
+        """Hold a resolve until its alert has been firing in Alertmanager for group_wait; True when held."""
+        announced = self._announced.get(entry.alert.key)
+        if announced is None:
+            return False
+        due = announced + self.group_wait_seconds
+        if time.monotonic() >= due:
+            return False
+        self._held[entry.alert.key] = (entry, due)
+        self._pending.pop(entry.alert.key, None)
+        return True
+
+    def _release_due_locked(self) -> float | None:
+        """Move held resolves that are due (all of them when closing) to pending; seconds to the next one."""
+        now = time.monotonic()
+        for key, (entry, due) in list(self._held.items()):
+            if due <= now or self._closing:
+                del self._held[key]
+                self._pending.setdefault(key, entry)
+        return min((due for _, due in self._held.values()), default=now) - now if self._held else None
+
+    def _delivered_locked(self, batch: dict[tuple[str, str, str, int, str], _Pending]) -> None:
+        """Alertmanager accepted `batch`: what fired is announced, what was announced is now held."""
+        now = time.monotonic()
+        for key, entry in batch.items():
+            if entry.resolved_at is None or entry.announce:
+                self._announced.setdefault(key, now)
+                if len(self._announced) > _MAX_ANNOUNCED:
+                    del self._announced[next(iter(self._announced))]
+            else:
+                self._announced.pop(key, None)
+            if entry.announce and key not in self._pending:
+                resolve = _Pending(entry.alert, sent_at=entry.sent_at, resolved_at=entry.resolved_at)
+                if not self._hold_locked(resolve):
+                    self._pending[key] = resolve
 
     def close(self, timeout: float = 5.0) -> None:
         """Try to deliver what is pending within `timeout` seconds, then stop the worker; drops the rest.
@@ -217,8 +276,11 @@ class AlertmanagerNotifier:
         try:
             while True:
                 with self._cond:
-                    while not self._pending and not self._closing:
-                        self._cond.wait()
+                    while True:
+                        next_due = self._release_due_locked()
+                        if self._pending or self._closing:
+                            break
+                        self._cond.wait(next_due)
                     if not self._pending:
                         return
                     if self._closing and time.monotonic() >= self._close_deadline:
@@ -235,6 +297,8 @@ class AlertmanagerNotifier:
                 if outcome is not _Outcome.RETRY:
                     with self._cond:
                         self._in_flight = {}
+                        if outcome is _Outcome.DELIVERED:
+                            self._delivered_locked(batch)
                     if failures:
                         log.info("alertmanager %s reachable again after %d failed attempt(s)", self._base_url,
                                  failures)
@@ -294,11 +358,13 @@ class AlertmanagerNotifier:
             try:
                 payload.append(
                     alert_payload(
+                        # A resolve never delivered firing is first sent firing, valid from now for 4 resends.
                         entry.alert,
-                        resolved_at=entry.resolved_at,
-                        now=entry.sent_at,
+                        resolved_at=None if entry.announce else entry.resolved_at,
+                        now=now if entry.announce else entry.sent_at,
                         resend_seconds=self.resend_seconds,
-                        generator_url=self.config.generator_url,
+                        generator_url=(self.page_url(entry.alert.ref) if self.page_url else "")
+                        or self.config.generator_url,
                     )
                 )
             except (ValueError, OverflowError, OSError):

@@ -18,6 +18,7 @@ from predictor.detectors.trend import ThresholdTrendScorer
 from predictor.domain import Alert, Decision, DeploymentRef, RolloutState
 from predictor.engine import Engine, TickReport
 from predictor.ports import ActionResult, MetricSource, RolloutSource
+from predictor.status.board import StatusBoard
 
 log = logging.getLogger(__name__)
 
@@ -31,9 +32,6 @@ class RecordingActuator:
     def apply(self, decision: Decision, rollout: RolloutState) -> ActionResult:
         self.decisions.append(decision)
         return ActionResult(False, "backtest: dry run")
-
-    def ensure_recorded(self, rollout: RolloutState) -> bool:
-        return True  # nothing is written in a backtest, so nothing can be half-written
 
 
 class DiscardingNotifier:
@@ -118,14 +116,14 @@ def replay(
 
 def replay_counted(
     config: Config, *, rollouts: RolloutSource, metrics: MetricSource, start: float, end: float,
-    step_seconds: float, scorer: Scorer | None = None,
+    step_seconds: float, scorer: Scorer | None = None, board: StatusBoard | None = None,
 ) -> ReplayResult:
     """As `replay`, with the counts of `ReplayResult`."""
     config = replace(config, policy=replace(config.policy, dry_run=True))
     actuator = RecordingActuator()
     counting = _CountingRollouts(rollouts)
     engine = Engine(config, rollouts=counting, metrics=metrics, actuator=actuator, notifier=DiscardingNotifier(),
-                    scorer=scorer or ThresholdTrendScorer())
+                    scorer=scorer or ThresholdTrendScorer(), board=board)
     ticks = tick_count(start, end, step_seconds)
     with_data = in_scope = with_metrics = 0
     seen: set[tuple[DeploymentRef, int]] = set()
@@ -164,15 +162,21 @@ def write_actions(output: Path, decisions: Sequence[Decision]) -> None:
             handle.write(json.dumps(action_record(decision)) + "\n")
 
 
-def run_backtest(config: Config, *, start: float, end: float, step_seconds: float, output: Path) -> ReplayResult:
+def run_backtest(config: Config, *, start: float, end: float, step_seconds: float, output: Path,
+                 report: Path | None = None) -> ReplayResult:
+    """Replay and write the actions; with `report`, the status pages of every rollout replayed and an index."""
     from predictor.rollouts.replay import KubeStateMetricsRolloutSource
     from predictor.scoring import build_scorer
     from predictor.sources.prometheus import PrometheusMetricSource
+    from predictor.status.report import report_board
 
     metrics = PrometheusMetricSource(config.prometheus)
     rollouts = KubeStateMetricsRolloutSource(config.prometheus, config.targets)
     scorer, _ = build_scorer(config, scorer=config.models.scorer)
+    board, writer = report_board(report, "predictor backtest: the rollouts replayed") if report else (None, None)
     result = replay_counted(config, rollouts=rollouts, metrics=metrics, start=start, end=end,
-                            step_seconds=step_seconds, scorer=scorer)
+                            step_seconds=step_seconds, scorer=scorer, board=board)
     write_actions(output, result.decisions)
+    if writer is not None and board is not None:
+        writer.finish(board)
     return result

@@ -110,6 +110,8 @@ def _parser(now: float | None = None) -> argparse.ArgumentParser:
                           help="simulated tick (default 15s)")
     backtest.add_argument("--output", required=True, type=Path,
                           help="where to write the actions, as JSON Lines (one object per action)")
+    backtest.add_argument("--report", type=Path, metavar="DIR",
+                          help="also write the status pages of every rollout replayed to DIR, with an index.html")
 
     demo = command("demo", "simulated rollouts through the real decision core; no cluster needed",
                    "Three rollouts (an error regression, a memory leak, a healthy release) on a simulated clock.")
@@ -119,6 +121,8 @@ def _parser(now: float | None = None) -> argparse.ArgumentParser:
     demo.add_argument("--speed", type=_number(float, 0.0, "a number of seconds >= 0"), default=0.04,
                       help="wall seconds per simulated tick (default 0.04; 0: no waiting)")
     demo.add_argument("--seed", type=int, default=7, help="seed of the simulated data (default 7)")
+    demo.add_argument("--report", type=Path, metavar="DIR",
+                      help="also write the status pages of the demo's rollouts to DIR, with an index.html")
 
     status = command("status", "the daemon's rollouts as a table, read from its status API",
                      "One line per watched rollout: revision, phase, progress, risk, the metric at risk, the predicted "
@@ -198,7 +202,8 @@ def _dispatch(args: argparse.Namespace, now: float) -> int:
         from predictor.domain import Action
 
         logging.basicConfig(level=logging.ERROR)
-        run_demo(config=demo_config(Action(args.action)), seed=args.seed, realtime_factor=args.speed)
+        run_demo(config=demo_config(Action(args.action)), seed=args.seed, realtime_factor=args.speed,
+                 report=args.report)
         return 0
     if args.command == "status":
         from predictor.status.client import StatusError, run_status
@@ -250,7 +255,8 @@ def _dispatch(args: argparse.Namespace, now: float) -> int:
             print(f"predictor backtest: {queries.unreachable}", file=sys.stderr)
             print(ReplayResult([], tick_count(args.start, args.end, args.step), 0, 0).summary(args.output))
             return EXIT_FAILURE
-        result = run_backtest(config, start=args.start, end=args.end, step_seconds=args.step, output=args.output)
+        result = run_backtest(config, start=args.start, end=args.end, step_seconds=args.step, output=args.output,
+                              report=args.report)
         print(result.summary(args.output))
         if result.blind:
             print(f"predictor backtest: nothing to replay: {result.first_problem}", file=sys.stderr)

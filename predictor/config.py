@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from predictor.domain import Action, Direction
+from predictor.domain import Action, DeploymentRef, Direction, rollout_page_path
 from predictor.promql import PromQLError, QueryForm, QueryShape, analyse_template
 
 PLACEHOLDERS = ("namespace", "deployment", "pods")
@@ -97,6 +97,10 @@ class AlertmanagerConfig:
     """None: alerts are only logged."""
     tls: TLSConfig = field(default_factory=TLSConfig)
     generator_url: str = ""
+    group_wait_seconds: float = 30.0
+    """Alertmanager's `group_wait` (its default 30 s): a firing alert is kept firing at least this long before
+    its resolve is sent, or Alertmanager would never notify it (it does not notify a resolve it never notified
+    firing). Default 30s."""
 
 
 @dataclass(frozen=True)
@@ -220,6 +224,13 @@ class PolicyConfig:
 class ServerConfig:
     host: str = "0.0.0.0"
     port: int = 8080
+    external_url: str = ""
+    """Where people reach the daemon's pages (an Ingress, not the pod IP); "" for none. Alerts' generatorURL and
+    the `predictor.io/status-url` annotation link to `<external_url>/rollouts/<namespace>/<deployment>`."""
+
+    def page_url(self, ref: DeploymentRef) -> str:
+        """The rollout's page under `external_url`, "" when that is not set."""
+        return f"{self.external_url}/{rollout_page_path(ref)}" if self.external_url else ""
 
 
 @dataclass(frozen=True)
@@ -1185,14 +1196,14 @@ def parse_config(raw: Any, source: str = "config") -> Config:
     reader.unknown_keys(raw, "", top_keys)
 
     prom = reader.section(raw, "prometheus", "", ("url", *_TLS_KEYS))
-    am = reader.section(raw, "alertmanager", "", ("url", "generator_url", *_TLS_KEYS))
+    am = reader.section(raw, "alertmanager", "", ("url", "generator_url", "group_wait", *_TLS_KEYS))
     kube = reader.section(raw, "kubernetes", "", ("kubeconfig", "context"))
     pol = reader.section(
         raw, "policy", "",
         ("action", "dry_run", "bake", "horizon", "interval", "consecutive", "risk_threshold", "alert_threshold",
          "undo_threshold", "blind_after", "blind_action", "lookback", "max_watch"),
     )
-    srv = reader.section(raw, "server", "", ("host", "port"))
+    srv = reader.section(raw, "server", "", ("host", "port", "external_url"))
     log = reader.section(raw, "logging", "", ("format", "level"))
     mdl = reader.section(raw, "models", "", ("dir", "reload", "scorer"))
     dock = reader.section(raw, "docker", "", ("host", "ca_file", "cert_file", "key_file", "verify_tls", "timeout"))
@@ -1213,6 +1224,7 @@ def parse_config(raw: Any, source: str = "config") -> Config:
             url=reader.url(am, "url", "alertmanager", None, api="/api/v2/alerts"),
             tls=reader.tls(am, "alertmanager"),
             generator_url=reader.url(am, "generator_url", "alertmanager", "", api=None) or "",
+            group_wait_seconds=reader.duration(am, "group_wait", "alertmanager", 30.0, allow_zero=True),
         ),
         kubernetes=KubernetesConfig(
             kubeconfig=reader.path(kube, "kubeconfig", "kubernetes", expand=False),
@@ -1226,6 +1238,8 @@ def parse_config(raw: Any, source: str = "config") -> Config:
         server=ServerConfig(
             host=_read_host(srv, reader),
             port=int(reader.number(srv, "port", "server", 8080, minimum=0, maximum=65535, integer=True)),
+            external_url=reader.url(srv, "external_url", "server", "", api="/rollouts/{namespace}/{deployment}")
+            or "",
         ),
         logging=LoggingConfig(
             format=reader.choice(log, "format", "logging", "text", ["text", "json"], any_case=True),

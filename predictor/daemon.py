@@ -1,7 +1,8 @@
 """`predictor run`: the one place that wires the adapters, the clock and the scheduler around the engine.
 
 APScheduler runs the tick every `policy.interval` (never two at once; a late tick is coalesced), an HTTP server
-answers /healthz, /readyz and /metrics, and SIGTERM lets the running tick finish before the process exits.
+answers /healthz, /readyz and /metrics (and hands the status pages and API to `predictor.status.routes`), and
+SIGTERM lets the running tick finish before the process exits.
 SIGHUP reloads the config file: a valid new one replaces the old at the next tick (with the adapters whose
 sections changed rebuilt); an invalid one is refused with the error lines a start would print, and the old one
 stays.
@@ -339,7 +340,8 @@ def build_daemon(config: Config, config_path: str | os.PathLike[str] | None = No
         rollout_targets = [t for t in targets if t.kind == "Rollout"]
         sources: list[Any] = [KubernetesRolloutSource(api_client, deployment_targets)] if deployment_targets else []
         actuators: dict[str, Any] = {"deployment": KubernetesActuator(api_client, clock=SystemClock(),
-                                                                      crash_at=crash_at)}
+                                                                      crash_at=crash_at,
+                                                                      page_url=config.server.page_url)}
         if rollout_targets:  # Argo Rollouts beside (or instead of) Deployments
             from predictor.actuators.argo import ArgoActuator
             from predictor.rollouts.argo import ArgoRolloutSource
@@ -356,7 +358,7 @@ def build_daemon(config: Config, config_path: str | os.PathLike[str] | None = No
     def build_notifier(settings: Config) -> Any:
         if settings.alertmanager.url:
             return AlertmanagerNotifier(settings.alertmanager, resend_seconds=settings.policy.interval_seconds,
-                                        clock=clock)
+                                        clock=clock, page_url=settings.server.page_url)
         return LoggingNotifier()
 
     notifier = build_notifier(config)
@@ -366,7 +368,7 @@ def build_daemon(config: Config, config_path: str | os.PathLike[str] | None = No
     scorer, artifact = build_scorer(config, scorer=config.models.scorer)
     engine = Engine(config, rollouts=rollouts, metrics=metrics, actuator=actuator,
                     notifier=notifier, scorer=scorer, may_act=leader.is_leader if leader is not None else lambda: True,
-                    kill_switch=build_kill_switch(config, api_client))
+                    kill_switch=build_kill_switch(config, api_client), rebuild_history=True)
     # Readiness never depends on leadership: a follower is ready to take over.
     checks: dict[str, Callable[[], bool]] = {"prometheus": metrics.is_online, "kubernetes": rollouts.is_online}
     if config.alertmanager.url:
@@ -434,7 +436,8 @@ def build_swarm_daemon(config: Config) -> Daemon:
     clock = SystemClock()
     notifier: Any
     if config.alertmanager.url:
-        notifier = AlertmanagerNotifier(config.alertmanager, resend_seconds=config.policy.interval_seconds, clock=clock)
+        notifier = AlertmanagerNotifier(config.alertmanager, resend_seconds=config.policy.interval_seconds, clock=clock,
+                                        page_url=config.server.page_url)
     else:
         notifier = LoggingNotifier()
     scorer, artifact = build_scorer(config, scorer=config.models.scorer)

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 from predictor.config import Config, MetricSpec, PolicyConfig, Target, default_metric_pack, format_duration
 from predictor.domain import (
@@ -28,6 +29,7 @@ from predictor.engine import Engine
 from predictor.ports import ActionResult
 from predictor.scoring import build_scorer
 from predictor.simulate import SimulatedRollout
+from predictor.status.report import report_board
 
 
 class SimulatedCluster:
@@ -55,9 +57,6 @@ class SimulatedCluster:
         return result
 
     # Actuator
-    def ensure_recorded(self, rollout: RolloutState) -> bool:
-        return True  # the simulated cluster records an action in one step: nothing is ever half-written
-
     def apply(self, decision: Decision, rollout: RolloutState) -> ActionResult:
         sim = self.rollouts[rollout.ref]
         recorded = sim.annotations.get(ANNOTATION_ACTION, Action.NONE.value)
@@ -131,15 +130,19 @@ def run_demo(
     seed: int = 7,
     realtime_factor: float = 0.0,
     emit: Callable[[str], None] = print,
+    report: Path | None = None,
 ) -> list[DemoOutcome]:
     """Simulate, decide and act; print progress once per simulated minute. `realtime_factor` seconds of wall
-    time per simulated tick make the progress readable (0 runs flat out)."""
+    time per simulated tick make the progress readable (0 runs flat out). With `report`, the status pages of every
+    rollout are written there as static files, with an index.html."""
     config = config or demo_config()
     start = start if start is not None else float(int(datetime(2026, 1, 1, 12, tzinfo=UTC).timestamp()))
     sims = list(rollouts) if rollouts is not None else demo_rollouts(start, seed)
     cluster = SimulatedCluster(sims)
     scorer, _ = build_scorer(config, scorer=config.models.scorer)
-    engine = Engine(config, rollouts=cluster, metrics=cluster, actuator=cluster, notifier=cluster, scorer=scorer)
+    board, writer = report_board(report, "predictor demo: the simulated rollouts") if report else (None, None)
+    engine = Engine(config, rollouts=cluster, metrics=cluster, actuator=cluster, notifier=cluster, scorer=scorer,
+                    board=board)
     interval = config.policy.interval_seconds
     emit(f"predictor demo: {len(sims)} simulated rollouts, policy action={config.policy.action}, "
          f"scorer {config.models.scorer}, tick {interval:g}s, horizon {format_duration(config.policy.horizon_seconds)}")
@@ -165,6 +168,8 @@ def run_demo(
     emit("what predictor did:")
     for o in outcomes:
         emit("  " + _describe(o, start))
+    if writer is not None:
+        emit(f"report: {writer.finish(engine.board)}")
     return outcomes
 
 

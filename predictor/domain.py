@@ -10,6 +10,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from urllib.parse import quote
 
 ANNOTATION_PREFIX = "predictor.io/"
 """Annotations the actuator writes on a Deployment and the rollout sources read back after a restart."""
@@ -20,6 +21,8 @@ ANNOTATION_REASON = ANNOTATION_PREFIX + "reason"
 ANNOTATION_RISK = ANNOTATION_PREFIX + "risk"
 ANNOTATION_PREDICTED_BREACH = ANNOTATION_PREFIX + "predicted-breach"
 ANNOTATION_DRY_RUN = ANNOTATION_PREFIX + "dry-run"
+ANNOTATION_STATUS_URL = ANNOTATION_PREFIX + "status-url"
+"""The rollout's status page (`server.external_url`), written with the others when that is set."""
 ANNOTATION_ENABLED = ANNOTATION_PREFIX + "enabled"
 """Set by users: "false" opts a Deployment out (see `predictor.safety`)."""
 ANNOTATION_POLICY_ACTION = ANNOTATION_PREFIX + "policy.action"
@@ -30,6 +33,11 @@ ANNOTATION_METRIC = ANNOTATION_PREFIX + "metric"
 """The metric whose predicted breach led to the action: the `metric` label of its alert, re-derived after a restart."""
 REVISION_ANNOTATION = "deployment.kubernetes.io/revision"
 POD_TEMPLATE_HASH_LABEL = "pod-template-hash"
+
+
+def rollout_page_path(ref: DeploymentRef) -> str:
+    """The path of a rollout's status page, relative to the daemon's root: `rollouts/<namespace>/<deployment>`."""
+    return f"rollouts/{quote(ref.namespace, safe='')}/{quote(ref.name, safe='')}"
 
 
 class Direction(enum.StrEnum):
@@ -177,7 +185,7 @@ class Observation:
 @dataclass(frozen=True)
 class ForecastBand:
     """Where a scorer forecasts one scope of a metric: from `level` at `start` to `mean` at `until`, with the 95 %
-    band `low`..`high` there (what the status page draws)."""
+    band `low`..`high` there (what the status page draws), and `path`, points (time, mean, low, high) on the way."""
 
     scope: Scope
     start: float
@@ -186,6 +194,7 @@ class ForecastBand:
     mean: float
     low: float
     high: float
+    path: tuple[tuple[float, float, float, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -202,6 +211,11 @@ class Assessment:
     unknown: bool = False
     """No usable data this tick: the scorer abstained."""
     reason: str = ""
+    building: bool = False
+    """A trend still heads for the threshold (however far the breach): the revision stays watched beyond `bake`."""
+    decisive: bool = False
+    """The evidence is overwhelming on its own (many standard errors and far beyond the threshold): the policy
+    pauses on this first tick instead of waiting `consecutive_ticks`; an undo still needs them."""
     forecast: ForecastBand | None = None
     """The forecast behind the risk, where the scorer has one (the forecast scorer's local trend)."""
 

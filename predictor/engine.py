@@ -33,6 +33,9 @@ from predictor.status.board import StatusBoard
 
 log = logging.getLogger(__name__)
 
+REBUILD_MAX_POINTS = 60
+"""At most this many past ticks are re-read per rollout first seen mid-rollout (a longer lookback is sampled)."""
+
 
 @dataclass(frozen=True)
 class ActionOutcome:
@@ -79,6 +82,7 @@ class Engine:
         may_act: Callable[[], bool] = lambda: True,
         kill_switch: KillSwitch | None = None,
         board: StatusBoard | None = None,
+        rebuild_history: bool = False,
     ) -> None:
         self.config = config
         self.rollouts = rollouts
@@ -91,6 +95,11 @@ class Engine:
         self.kill_switch = kill_switch
         self.history = MetricHistory(config.policy.lookback_seconds)
         self.memory: dict[DeploymentRef, RolloutMemory] = {}
+        self._recorded: set[tuple[DeploymentRef, int, str]] = set()
+        """Actions recorded on Deployments whose Event this process has made sure of (`ensure_recorded`)."""
+        self.rebuild_history = rebuild_history
+        """`predictor run`: a rollout first seen after it started gets its history re-read (see `_rebuild`)."""
+        self._seen: set[tuple[DeploymentRef, int]] = set()
         self._own_actions: list[safety.SpentAction] = []
         """Pauses and undos this process carried out (the watch cache may not show their records yet)."""
         self._failing_metrics: set[str] = set()
@@ -98,8 +107,6 @@ class Engine:
         """Ignored annotations and withheld actions already logged at WARNING: once each, not every tick."""
         self.board = board if board is not None else StatusBoard()
         """What the status API, pages and reports show: recent values, forecasts and decisions per rollout."""
-        self._recorded: set[tuple[DeploymentRef, int, str]] = set()
-        """Actions recorded on Deployments whose Event this process has made sure of (`Actuator.ensure_recorded`)."""
 
     def tick(self, now: float) -> TickReport:
         report = TickReport(time=now)
@@ -119,6 +126,7 @@ class Engine:
         report.watched = len(watched)
         self.board.begin_tick(now, watched)
         resolved = self._retire(watched, now)
+        self._rebuild(watched, now)
         self._observe(watched, now, report)
         self._watch_queries(report)
         leader = self.may_act()
@@ -157,6 +165,38 @@ class Engine:
             if kept != revision:
                 self.history.forget(ref, keep_revision=kept)
         return resolved
+
+    def _rebuild(self, watched: Sequence[RolloutState], now: float) -> None:
+        """Re-read the history of rollouts this process first sees after they started (a restart mid-rollout):
+        the same metric queries at past tick times over `lookback`, at most REBUILD_MAX_POINTS of them, so the
+        scorer sees what an uninterrupted daemon saw and a restart costs a tick or two, not a lookback."""
+        if not self.rebuild_history:
+            return
+        current = {(r.ref, r.revision) for r in watched}
+        fresh = [r for r in watched if (r.ref, r.revision) not in self._seen]
+        self._seen = current
+        policy = self.config.policy
+        missed = [r for r in fresh if r.started_at < now - 2 * policy.interval_seconds]
+        if not missed or not self.config.metrics:
+            return
+        earliest = max(now - policy.lookback_seconds, min(r.started_at for r in missed))
+        step = max(policy.interval_seconds, (now - earliest) / REBUILD_MAX_POINTS)
+        times = [earliest + k * step for k in range(int((now - earliest) / step)) if earliest + k * step < now]
+        for at in times:
+            started = [r for r in missed if r.started_at <= at]
+            if not started:
+                continue
+            revisions = {r.ref: r.revision for r in started}
+            for spec in self.config.metrics:
+                try:
+                    observations = self.metrics.fetch(spec, started, at)
+                except Exception as exc:
+                    log.warning("rebuilding history: metric %s at %.0f failed: %s", spec.name, at, exc)
+                    return
+                for ref, revision in revisions.items():
+                    self.history.add(revision, [o for o in observations if o.ref == ref])
+        log.info("rebuilt %d rollout(s)' history from %d past tick(s) over %.0fs: %s", len(missed), len(times),
+                 now - earliest, ", ".join(f"{r.ref} rev {r.revision}" for r in missed))
 
     def _observe(self, watched: Sequence[RolloutState], now: float, report: TickReport) -> None:
         if not watched:
@@ -294,6 +334,9 @@ class Engine:
 
     def _ensure_recorded(self, watched: Sequence[RolloutState]) -> None:
         """Once per recorded action and process: its Event exists (a daemon killed after its write left none)."""
+        ensure = getattr(self.actuator, "ensure_recorded", None)
+        if ensure is None:
+            return  # an actuator that records an action in one write (ports.RecordKeeper) has nothing to repair
         for rollout in watched:
             if rollout.acted_revision is None:
                 continue
@@ -301,7 +344,7 @@ class Engine:
             if key in self._recorded:
                 continue
             try:
-                if self.actuator.ensure_recorded(rollout):
+                if ensure(rollout):
                     self._recorded.add(key)
             except Exception:
                 log.exception("checking the Event of %s revision %d failed, will retry next tick", rollout.ref,

@@ -1,10 +1,10 @@
 """Run the streaming anomaly detector over a Numenta Anomaly Benchmark (NAB) style folder.
 
 `run_nab(data_dir, out_dir)` finds every `CATEGORY/NAME.csv` (columns `timestamp,value`) under `data_dir`,
-runs one fresh `StreamingAnomalyDetector` per file in row order (the stream order), and writes
-`out_dir/CATEGORY/NAME.csv` with the columns `timestamp,value,anomaly_score`; the timestamp and value fields
-are copied verbatim. Row i's score depends on rows 0..i only. Files are spread over `workers` processes.
-docs/NAB.md has the scores on NAB and the commands that produce them.
+runs one fresh streaming detector (`DETECTORS`, by default the self-calibrating one) per file in row order
+(the stream order), and writes `out_dir/CATEGORY/NAME.csv` with the columns `timestamp,value,anomaly_score`;
+the timestamp and value fields are copied verbatim. Row i's score depends on rows 0..i only. Files are spread
+over `workers` processes. docs/NAB.md has the scores on NAB and the commands that produce them.
 """
 
 from __future__ import annotations
@@ -19,13 +19,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from predictor.detectors.calibrated import SelfCalibratingDetector
 from predictor.detectors.streaming import StreamingAnomalyDetector
 
 HEADER = ("timestamp", "value", "anomaly_score")
 
-DETECTORS: dict[str, type[Any]] = {"ensemble": StreamingAnomalyDetector}
+DETECTORS: dict[str, type[Any]] = {"ensemble": StreamingAnomalyDetector, "calibrated": SelfCalibratingDetector}
 """The streaming detectors `run_nab` can run, by name (docs/NAB.md compares them)."""
-DEFAULT_DETECTOR = "ensemble"
+DEFAULT_DETECTOR = "calibrated"
 
 
 class NabInputError(ValueError):

@@ -5,7 +5,9 @@ Per Deployment revision the memory moves watching -> at risk -> acted. Rules, in
    annotation counts as acted, and a person who resumes a paused rollout is not overruled. The one exception
    is rule 3's escalation.
 2. Hysteresis: risk must reach `risk_threshold` on `consecutive_ticks` ticks in a row; a clear tick resets
-   the count, an unknown tick neither counts nor resets.
+   the count, an unknown tick neither counts nor resets. Decisive evidence (`Assessment.decisive`: an abrupt
+   regression many standard errors and far beyond the threshold) pauses a running rollout on its first tick; an
+   undo still needs `consecutive_ticks` (the pause escalates, rule 3).
 3. Graded by confidence: risk at `alert_threshold` only alerts (severity warning); at `risk_threshold` the
    rollout is paused; the configured `undo` needs `undo_threshold` while the rollout still runs (after it
    completed a pause would stop nothing, so undo it is). A rollout we paused, still paused, is undone once its
@@ -14,11 +16,13 @@ Per Deployment revision the memory moves watching -> at risk -> acted. Rules, in
    blind (an alert, or a pause when `blind_action: pause`), never undone.
 5. A rollback (the current ReplicaSet is an older template brought back) is never undone again: at most alerted.
 6. What a restart forgets is re-derived from the Deployment's annotations (`recall`): an action recorded on this
-   revision fires its alert at once, and the rollback we started still carries the undone revision's alert
-   until it completes, so a daemon killed between its write and its alert still sends it.
+   revision fires its alert at once, and the rollback we started carries the undone revision's alert until it
+   completes (resolved at once if it completed meanwhile), so a daemon killed between its write and its alert
+   still sends it.
 
 Scope (`in_scope`): a revision is watched while it rolls out, for `bake` after it completes, and beyond that while
-its evidence still builds (its top risk reached LIVE_RISK on one of the last `consecutive_ticks` ticks), up to
+its evidence still builds (its top risk reached LIVE_RISK, or an assessment says a trend still heads for the
+threshold, `Assessment.building`, on one of the last `consecutive_ticks` ticks), up to
 `max_watch` after completion: a leak that breaches half an hour after a quick rollout is still being forecast when
 the bake ends. Its phase then reads `watching_beyond_bake`.
 """
@@ -80,7 +84,8 @@ class RolloutMemory:
     carried_alert: Alert | None = None
     """The breach alert of the revision we undid: it fires until this rollback completes."""
     live_at: float | None = None
-    """The last tick whose top risk reached LIVE_RISK: what keeps the revision watched beyond `bake`."""
+    """The last tick whose top risk reached LIVE_RISK or whose trend was building: what keeps the revision watched
+    beyond `bake`."""
 
     @property
     def alerts(self) -> tuple[Alert, ...]:
@@ -98,8 +103,8 @@ def in_scope(rollout: RolloutState, now: float, policy: PolicyConfig, memory: Ro
 
 
 def beyond_bake(rollout: RolloutState, now: float, policy: PolicyConfig, memory: RolloutMemory | None) -> bool:
-    """Past `bake`: still watched while this revision's top risk reached LIVE_RISK on one of the last
-    `consecutive_ticks` ticks (a trend still heading for the threshold, a gap still open), and at most
+    """Past `bake`: still watched while this revision's top risk reached LIVE_RISK, or a trend still headed for the
+    threshold (`Assessment.building`), on one of the last `consecutive_ticks` ticks, and at most
     `max_watch_seconds` after completion. Unknown ticks do not keep it watched."""
     if rollout.completed_at is None or now - rollout.completed_at <= policy.bake_seconds:
         return False
@@ -135,8 +140,8 @@ def recall(rollout: RolloutState, now: float) -> RolloutMemory:
     """The memory of a revision first seen by this process, from what the Deployment's annotations record.
 
     An action recorded on this revision makes it acted, its breach alert firing (later ticks update or resolve
-    it as usual). An undo recorded on an earlier revision while this one, its rollback, still rolls out carries
-    that revision's alert, as `succeed` does without a restart.
+    it as usual). An undo recorded on an earlier revision, while this one is its rollback (in scope: rolling
+    out or baking), carries that revision's alert, as `succeed` does without a restart.
     """
     memory = RolloutMemory(revision=rollout.revision)
     acted_revision, action = rollout.acted_revision, _recorded_action(rollout)
@@ -145,8 +150,9 @@ def recall(rollout: RolloutState, now: float) -> RolloutMemory:
     if acted_revision == rollout.revision:
         return replace(memory, phase=Phase.ACTED, acted=action, acted_at=_annotation_time(rollout, ANNOTATION_ACTED_AT),
                        breach_alert=_recorded_alert(rollout, acted_revision, now))
-    if acted_revision < rollout.revision and action is Action.UNDO and rollout.is_rollback and (
-            rollout.completed_at is None):
+    if acted_revision < rollout.revision and action is Action.UNDO and rollout.is_rollback:
+        # Carried even when the rollback completed (it then resolves at once): the alert may never have been
+        # delivered, and the notifier sends a resolve it never delivered firing as firing first. At least once.
         return replace(memory, carried_alert=_recorded_alert(rollout, acted_revision, now))
     return memory
 
@@ -281,7 +287,8 @@ def decide(
     undo_ticks = memory.undo_ticks + 1 if top.risk >= policy.undo_threshold else 0
     memory = replace(memory, unknown_ticks=0, blind_alert=None, risk_ticks=risk_ticks, warn_ticks=warn_ticks,
                      clear_ticks=clear_ticks, undo_ticks=undo_ticks,
-                     live_at=now if top.risk >= LIVE_RISK else memory.live_at)
+                     live_at=now if top.risk >= LIVE_RISK or any(a.building for a in assessments if not a.unknown)
+                     else memory.live_at)
     figures = (f"risk {top.risk:.2f} (threshold {policy.risk_threshold:.2f}, "
                f"{risk_ticks}/{policy.consecutive_ticks} ticks)")
     confirmed = policy.consecutive_ticks
@@ -315,11 +322,17 @@ def decide(
         return tick.decision(replace(memory, phase=phase), Action.NONE, top.risk, f"{note}: {top.reason}; {figures}",
                              resolved)
 
-    if risk_ticks < confirmed:
+    decisive = top.decisive and rollout.completed_at is None
+    if risk_ticks < confirmed and not decisive:
         return tick.decision(replace(memory, phase=Phase.AT_RISK), Action.NONE, top.risk,
                              f"at risk, waiting for confirmation: {top.reason}; {figures}", resolved)
 
     action, note = _chosen_action(rollout, top.risk, policy)
+    if risk_ticks < confirmed and action is Action.UNDO:
+        action, note = Action.PAUSE, (f" (decisive evidence on {risk_ticks}/{confirmed} ticks: pausing at once; an "
+                                      f"undo needs {confirmed} ticks at undo_threshold)")
+    elif risk_ticks < confirmed:
+        note += f" (decisive evidence: acting on {risk_ticks}/{confirmed} ticks)"
     memory = replace(memory, phase=Phase.ACTED, acted=action, acted_at=now,
                      breach_alert=_breach_alert(rollout, top, now, memory.breach_alert, True))
     return tick.decision(memory, action, top.risk, f"{action}{note}: {top.reason}; {figures}", resolved)

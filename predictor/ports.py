@@ -59,6 +59,11 @@ class Actuator(Protocol):
         """Carry out a pause, undo or alert-only decision on the Deployment, record why, emit an Event."""
         ...
 
+
+class RecordKeeper(Protocol):
+    """What an Actuator that records an action in two writes (a change, then an Event) also implements; the
+    engine calls it when the actuator has it."""
+
     def ensure_recorded(self, rollout: RolloutState) -> bool:
         """Make sure the action recorded in `rollout`'s annotations has its Event (a daemon killed between the
         write and the Event left none). True when it has one now; False to try again on a later tick."""

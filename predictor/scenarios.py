@@ -13,7 +13,7 @@ add a slow burn, random magnitudes and the confounders of healthy releases) ever
 3. cAdvisor's `container_memory_working_set_bytes` and `container_cpu_usage_seconds_total` against
    kube-state-metrics' `kube_pod_container_resource_limits`, and `kube_pod_container_status_restarts_total`;
 4. the kube-state-metrics v2 series `predictor.rollouts.replay` reads: Deployments, ReplicaSets (owner, replicas,
-   creation, the revision annotation), pods (owner, `kube_pod_labels` with the pod-template-hash,
+   creation, the revision annotation), pods (owner, creation, `kube_pod_labels` with the pod-template-hash,
    `kube_pod_status_ready`, and `kube_pod_container_status_waiting_reason{reason="CrashLoopBackOff"}` while a
    crash-looping container waits for its restart).
 A pod's series exist only while the pod does (its samples stop when it is removed; a backfill has no staleness
@@ -781,6 +781,7 @@ def _pod_series(rollout: SimulatedRollout, pod: _Pod, scrape_seconds: float, ser
         "restarts": series_key("kube_pod_container_status_restarts_total", **ksm_pod, container=CONTAINER),
         "owner": series_key("kube_pod_owner", **ksm_pod, owner_kind="ReplicaSet", owner_name=owner,
                             owner_is_controller="true"),
+        "created": series_key("kube_pod_created", **ksm_pod),
         "labels": series_key("kube_pod_labels", **ksm_pod, label_app=rollout.ref.name,
                              label_pod_template_hash=new_hash if pod.new else old_hash),
         "waiting": series_key("kube_pod_container_status_waiting_reason", **ksm_pod, container=CONTAINER,
@@ -797,6 +798,8 @@ def _pod_series(rollout: SimulatedRollout, pod: _Pod, scrape_seconds: float, ser
         _accumulate(rollout, pod, first, OLD_POD_AGE_SECONDS, counters)
         cpu_pod = counters.cpu
     restarts = _restarts(rollout, pod, first)
+    created = rollout.pod_started(pod.index) if pod.new else (
+        first - OLD_POD_AGE_SECONDS if first <= rollout.start else first)  # an old pod that came back after an undo
     previous: float | None = None
     for t in pod.times:
         count = _restarts(rollout, pod, t)
@@ -828,6 +831,7 @@ def _pod_series(rollout: SimulatedRollout, pod: _Pod, scrape_seconds: float, ser
             ("ksm", keys["restarts"], float(count)),
             ("ksm", keys["owner"], 1.0),
             ("ksm", keys["labels"], 1.0),
+            ("ksm", keys["created"], created),
             ("ksm", keys["ready_true"], float(ready)),
             ("ksm", keys["ready_false"], float(not ready)),
             ("ksm", keys["ready_unknown"], 0.0),

@@ -26,7 +26,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import urllib3
@@ -43,9 +43,11 @@ from predictor.domain import (
     ANNOTATION_PREDICTED_BREACH,
     ANNOTATION_REASON,
     ANNOTATION_RISK,
+    ANNOTATION_STATUS_URL,
     REVISION_ANNOTATION,
     Action,
     Decision,
+    DeploymentRef,
     DryRunRecord,
     RolloutState,
     parse_dry_run_record,
@@ -113,6 +115,7 @@ class KubernetesActuator:
         max_attempts: int = 5,
         conflict_backoff_seconds: float = 0.05,
         crash_at: str | None = None,
+        page_url: Callable[[DeploymentRef], str] | None = None,
     ) -> None:
         if max_attempts < 1:
             raise ValueError(f"max_attempts: expected at least 1, got {max_attempts}")
@@ -125,6 +128,8 @@ class KubernetesActuator:
         self._clock: Clock = clock if clock is not None else SystemClock()
         self._max_attempts = max_attempts
         self._backoff_seconds = conflict_backoff_seconds
+        self._page_url = page_url
+        """The rollout's status page (`ServerConfig.page_url`), recorded as `predictor.io/status-url`."""
         self._instance = socket.gethostname()[:128]
 
     def apply(self, decision: Decision, rollout: RolloutState) -> ActionResult:
@@ -282,7 +287,8 @@ class KubernetesActuator:
 
     def _annotations(self, decision: Decision) -> dict[str, str]:
         breach = decision.predicted_breach
-        return {
+        page = self._page_url(decision.ref) if self._page_url else ""
+        return ({ANNOTATION_STATUS_URL: page} if page else {}) | {
             ANNOTATION_ACTED_REVISION: str(decision.revision),
             ANNOTATION_ACTION: decision.action.value,
             ANNOTATION_ACTED_AT: format_time(self._clock.now()),

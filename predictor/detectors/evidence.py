@@ -13,13 +13,18 @@ has nothing to say. The pieces:
    (following the margins' line when it closes, never when it grows), in standard errors built from the scatter
    seen in old pods scaled to the new pods' count. A gap many times the scatter counts from the first new pods'
    first sample (an abrupt regression breaches within a minute); a small one needs more samples; a gap that
-   closes (the warm-up of new pods) is held back by the line's prediction error as much as by its slope;
+   closes (the warm-up of new pods) is held back by the line's prediction error as much as by its slope. A gap of
+   DECISIVE_Z standard errors (a one-sided z-test, false-positive probability DECISIVE_FALSE_POSITIVE) that is
+   beyond the threshold by more than old pods are within it is `decisive`: the policy pauses on its first tick;
 3. `recurring_events`: a count of events (`increase()` of restarts: read from the MetricSpec's query or unit) is
    never extrapolated (a restart is one event, not a trend); new pods whose count recurs (`recurring_events`
    within the window, on two samples in a row) while old pods stay below one count as a crash loop when the
    restarts keep new pods from being ready or the count still rises (two counter resets of a pod that serves
    again are no loop);
-4. `trend_forecasts`: the local trend of the new pods (and of the Deployment once every pod is new: before, its
+4. `pod_states`: the new pods' own states (`RolloutState.pods`) on the metric that counts restarts: a container
+   waiting in a crash reason, restarts old pods' rate does not explain, unready beyond the readiness allowance
+   while old pods are ready; no pod information, no evidence;
+5. `trend_forecasts`: the local trend of the new pods (and of the Deployment once every pod is new: before, its
    value moves with the mix of new and old pods, so its trend starts afresh then and counts once it spans half its
    memory): P(the trend's path is beyond the threshold within the horizon), from a discounted quadratic
    regression (`LocalTrend`), extrapolated at most EXTRAPOLATION_FACTOR times as far as it reaches back (a young
@@ -29,7 +34,8 @@ has nothing to say. The pieces:
    With a trained daily season (`SeasonalProfile`) the trends see the samples net of it and the season's worst
    offset within the horizon is added back as a level; a breach the season alone brings is capped at alert.
 
-The isolation forest's verdict (`ForecastScorer._with_forest`) joins these when a forest is trained.
+`still_building` is no risk: it says whether a trend still heads for the threshold, which keeps a revision watched
+beyond `bake`. The isolation forest's verdict (`ForecastScorer._with_forest`) joins these when a forest is trained.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from statistics import NormalDist
 
 from predictor.config import format_duration
 from predictor.detectors.evidence_reading import (
@@ -53,6 +60,11 @@ SETTLING_RISK_CAP = 0.5
 """Risk of a breach by new pods whose forecast decays back below the threshold: warming up, not broken."""
 NEW_POD_BREACH_RISK = 0.95
 """Risk of a persisted, release-specific breach of the new pods (times the confidence of the margin)."""
+DECISIVE_FALSE_POSITIVE = 1e-6
+"""The one-sided z-test of new against old pods that makes a gap decisive from one sample: with no release effect
+(the gap's mean at most zero, its scatter the old pods'), a statistic this far out has at most this probability."""
+DECISIVE_Z = NormalDist().inv_cdf(1.0 - DECISIVE_FALSE_POSITIVE)
+"""4.75 standard errors."""
 
 
 @dataclass(frozen=True)
@@ -62,6 +74,8 @@ class Evidence:
     risk: float
     breach_at: float | None
     reason: str
+    decisive: bool = False
+    """Overwhelming on its own: the policy need not wait for a second tick (`Assessment.decisive`)."""
 
 
 @dataclass(frozen=True)
@@ -138,8 +152,15 @@ def new_against_old(r: Reading) -> Evidence | Abstention | None:
     if held <= 0:
         return Evidence(min(SETTLING_RISK_CAP, NEW_POD_BREACH_RISK * confidence), None,
                          f"{reason}: the gap closes, back within the threshold by then: warming up")
+    # decisive: many standard errors (DECISIVE_Z) and far beyond the threshold, beyond it by at least as much again
+    # as the old pods are within it; a marginal gap keeps the warm-up guard (a second sample to see it close)
+    decisive = z >= DECISIVE_Z and held >= -r.badness(old_ref, Scope.OLD)
+    if decisive:
+        reason += (f"; decisive from this sample: >= {DECISIVE_Z:.2f} standard errors (false-positive probability "
+                   f"{DECISIVE_FALSE_POSITIVE:g}) and beyond the threshold by more than old pods are within it")
     return Evidence(NEW_POD_BREACH_RISK * confidence, breach_at, f"{reason} (breach {when} as the rollout "
-                     f"proceeds)")
+                    f"proceeds)", decisive=decisive)
+
 
 def recurring_events(r: Reading) -> Evidence | None:
     """A count of events (restarts) that recurs in the new pods (at least `recurring_events` within the window,
@@ -357,6 +378,27 @@ def _never_ready(r: Reading, new: Sequence[PodState], old: Sequence[PodState]) -
                     f"({pod.name} for {format_duration(age)}, beyond the readiness allowance of "
                     f"{format_duration(allowance)}) while all {len(old)} old pod(s) are ready: the new revision does "
                     f"not become ready")
+
+
+BUILDING_Z = 2.0
+"""A trend whose straight-line slope toward the threshold is this many standard errors is still building."""
+
+
+def still_building(r: Reading) -> bool:
+    """Whether a trend of the new pods (or of the Deployment once every pod is new) still heads for the threshold:
+    its slope toward it is BUILDING_Z standard errors or more, however far the breach. Not a risk: it keeps the
+    revision watched beyond `bake` (`policy.beyond_bake`), so a leak too slow to predict a breach yet is still
+    read when it is. A count of events has no trend."""
+    if r.counts_events:
+        return False
+    for scope, fresh in ((Scope.NEW, r.new_fresh), (Scope.DEPLOYMENT, r.dep_fresh and not r.mixing)):
+        trend = r.tracks[scope].trend
+        if not fresh or trend is None or trend.count < r.settings.min_forecast_samples:
+            continue
+        z = trend.slope_z(r.spec.direction)
+        if z is not None and z >= BUILDING_Z:
+            return True
+    return False
 
 
 def _as_findings(result: Finding | Sequence[Evidence]) -> Iterable[Evidence | Abstention]:

@@ -561,6 +561,13 @@ class TrendForecast(NamedTuple):
     slope: float
     damping_seconds: float | None
 
+    def path_shape(self, seconds: float) -> float:
+        """How far along its way to the horizon the mean path is `seconds` after the last sample, as the model
+        moves it: straight, or levelling off with `damping_seconds` (the status page draws the path with it)."""
+        if self.damping_seconds is None:
+            return seconds
+        return self.damping_seconds * (1.0 - math.exp(-seconds / self.damping_seconds))
+
 
 CORRELATION_LAGS = 6
 """Lags over which `LocalTrend` measures how correlated its samples are: a [1m] rate scraped every 15 s shares data
@@ -693,6 +700,19 @@ class LocalTrend:
         b = (m[0] * n[1] - m[1] * n[0]) / det
         inverse = np.array([[m[2], -m[1]], [-m[1], m[0]]]) / det
         return a, b, inverse * sigma * sigma
+
+    def slope_z(self, direction: Direction) -> float | None:
+        """The weighted straight line's slope toward the bad side in its standard errors (residual sigma inflated
+        for correlated samples, as in `fit`); None before the regression can be solved."""
+        fitted = self.fit()
+        if fitted is None:
+            return None
+        line = self._line(fitted[2])
+        if line is None:
+            return None
+        se = math.sqrt(max(float(line[2][1, 1]), 0.0))
+        sign = 1.0 if direction is Direction.ABOVE else -1.0
+        return sign * line[1] / se if se > 0 else None
 
     def breach(self, threshold: float, direction: Direction, horizon_seconds: float,
                lag_seconds: float = 0.0) -> TrendForecast | None:

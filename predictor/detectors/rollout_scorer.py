@@ -4,7 +4,8 @@ The engine calls `assess` once per rollout, metric and tick. Per (Deployment, re
 keeps a damped-trend forecaster and a few recent samples, and feeds them only the samples it has not seen yet, so
 a tick costs the same whatever the age of the rollout. Each assessment reads the tracks once (`Reading`, in
 `detectors/evidence_reading`) and asks the named pieces of evidence in `detectors/evidence` (a breach now, new pods
-against old pods, recurring events, local trends; and a trained isolation forest's verdict): the strongest wins.
+against old pods, recurring events, pod states, local trends; and a trained isolation forest's verdict): the
+strongest wins.
 
 Evidence that old pods share (a traffic surge, a slow dependency) is capped at SHARED_CAUSE_RISK_CAP: the release
 is not its cause. Once no old pod is left (the bake after completion), a breach or forecast counts unless the
@@ -31,6 +32,7 @@ from predictor.detectors.evidence import (
     Evidence,
     gather,
     quiet_forecast,
+    still_building,
     strongest,
 )
 from predictor.detectors.evidence_reading import (
@@ -211,6 +213,7 @@ class ForecastScorer:
                 notes.append(forest_note)
         note = f" ({'; '.join(notes)})" if notes else ""
         best = strongest(evidence)
+        base["building"] = still_building(reading)
         if best is None:
             return Assessment(
                 **base, risk=0.0, value=value,
@@ -219,7 +222,7 @@ class ForecastScorer:
                 forecast=forecast_band(reading),
             )
         return Assessment(**base, risk=round(best.risk, 4), value=value, predicted_breach=best.breach_at,
-                          reason=best.reason + note, forecast=forecast_band(reading))
+                          reason=best.reason + note, decisive=best.decisive, forecast=forecast_band(reading))
 
     def read(
         self, rollout: RolloutState, spec: MetricSpec, history: MetricHistory, now: float, horizon_seconds: float
@@ -374,7 +377,7 @@ class ForecastScorer:
                 if SHARED_CAUSE_RISK_CAP < e.risk < 1.0:
                     boosted = e.risk + (1.0 - e.risk) * self.forest_weight * score
                     combined[i] = Evidence(boosted, e.breach_at, f"{e.reason}; corroborated by the isolation "
-                                            f"forest ({score:.2f})")
+                                           f"forest ({score:.2f})", decisive=e.decisive)
         combined.append(Evidence(self.forest_risk_cap, None,
                                   f"{spec.name}: joint metrics unusual for a healthy rollout (isolation forest "
                                   f"{score:.2f} >= {self.forest.threshold_:.2f}; {spec.name} deviates "
@@ -392,6 +395,11 @@ def _fresh(series: Series) -> bool:
     return not series.empty and series.trailing_unknown == 0
 
 
+BAND_POINTS = 12
+"""Points of the forecast's path the status page draws (its mean as the model moves it; the band's width grows with
+the mean's way to the horizon, exact there)."""
+
+
 def forecast_band(reading: Reading) -> ForecastBand | None:
     """The forecast the status page draws: the Deployment's local trend once every pod is new, the new pods' while
     pods mix (their trend is what the Deployment follows). None for counts, per-pod limits or too few samples."""
@@ -405,5 +413,14 @@ def forecast_band(reading: Reading) -> ForecastBand | None:
     if result is None:
         return None
     fc = result[1]
-    return ForecastBand(scope=scope, start=reading.now, level=fc.level, until=reading.now + reading.reach(scope),
-                        mean=fc.forecast, low=fc.forecast - 1.96 * fc.sd, high=fc.forecast + 1.96 * fc.sd)
+    lag, reach = reading.lag(scope), reading.reach(scope)
+    start, until, half = reading.now - lag, reading.now + reach, 1.96 * fc.sd
+    end_shape = fc.path_shape(reach + lag)
+    path = []
+    for step in range(1, BAND_POINTS + 1):
+        ahead = (reach + lag) * step / BAND_POINTS
+        share = fc.path_shape(ahead) / end_shape if end_shape > 0 else step / BAND_POINTS
+        mean = fc.level + share * (fc.forecast - fc.level)
+        path.append((start + ahead, mean, mean - share * half, mean + share * half))
+    return ForecastBand(scope=scope, start=start, level=fc.level, until=until, mean=fc.forecast,
+                        low=fc.forecast - half, high=fc.forecast + half, path=tuple(path))

@@ -55,7 +55,7 @@ from typing import Any
 
 import numpy as np
 
-STATE_FORMAT = 2
+STATE_FORMAT = 3
 """Version of the dict written by `get_state`; `from_state` refuses other versions."""
 
 _LOG10_MIN_P = 300.0  # -log10 of the smallest p-value we report (keeps F finite)
@@ -121,18 +121,27 @@ class _Tail:
 
 
 class _SortedWindow:
-    """The last `size` values, kept sorted for the median (insertion and removal cost O(size) memmove)."""
+    """The last `size` values pushed, in arrival order and sorted for the median (insertion and removal cost
+    O(size) memmove). `restart` replaces them, e.g. with the values since a level shift."""
 
-    __slots__ = ("size", "srt")
+    __slots__ = ("fifo", "size", "srt")
 
     def __init__(self, size: int) -> None:
         self.size = size
+        self.fifo: deque[float] = deque()
         self.srt = array("d")
 
-    def push(self, value: float, leaving: float | None) -> None:
-        if leaving is not None and len(self.srt) >= self.size:
-            del self.srt[bisect.bisect_left(self.srt, leaving)]
+    def push(self, value: float) -> None:
+        if len(self.fifo) >= self.size:
+            del self.srt[bisect.bisect_left(self.srt, self.fifo.popleft())]
+        self.fifo.append(value)
         bisect.insort(self.srt, value)
+
+    def restart(self, values: Iterable[float]) -> None:
+        self.fifo = deque(values)
+        while len(self.fifo) > self.size:
+            self.fifo.popleft()
+        self.srt = array("d", sorted(self.fifo))
 
     def median(self) -> float:
         s = self.srt
@@ -360,9 +369,7 @@ class StreamingAnomalyDetector:
         for k in scales:
             # baseline for scale k: the values before the last k ones
             if n > k:
-                leaving_at = n - k - 1 - int(self.baseline_window)
-                leaving = vals[leaving_at] if leaving_at >= 0 else None
-                self.baselines_[k].push(vals[n - k - 1], leaving)
+                self.baselines_[k].push(vals[n - k - 1])
             if n >= k:
                 mean_k = _mean(vals, n - k, n)
                 means.append(mean_k)
@@ -494,7 +501,7 @@ class StreamingAnomalyDetector:
                 "n": self.n_,
                 "values": list(self.values_),
                 "abs_diffs": list(self.abs_diffs_),
-                "baselines": {str(k): list(w.srt) for k, w in self.baselines_.items()},
+                "baselines": {str(k): list(w.fifo) for k, w in self.baselines_.items()},
                 "season_times": list(self.season_times_),
                 "season_means": [list(m) for m in self.season_means_],
                 "steps": list(self.steps_),
@@ -522,8 +529,8 @@ class StreamingAnomalyDetector:
             det.n_ = int(st["n"])
             det.values_.extend(float(v) for v in st["values"])
             det.abs_diffs_.extend(float(v) for v in st["abs_diffs"])
-            for k, srt in st["baselines"].items():
-                det.baselines_[int(k)].srt = array("d", (float(v) for v in srt))
+            for k, fifo in st["baselines"].items():
+                det.baselines_[int(k)].restart(float(v) for v in fifo)
             det.season_times_.extend(float(v) for v in st["season_times"])
             det.season_means_.extend(tuple(float(v) for v in m) for m in st["season_means"])
             det.steps_.extend(float(v) for v in st["steps"])

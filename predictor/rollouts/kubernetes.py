@@ -120,6 +120,7 @@ class _Informer:
 
     def run(self) -> None:
         delay = self._backoff_seconds
+        gone_in_row = 0  # 410 Gone again right after a re-list: back off, or LIST and WATCH would spin
         while not self._stopping.is_set():
             try:
                 if not self.synced or self.resource_version is None:
@@ -128,13 +129,19 @@ class _Informer:
                 opened = time.monotonic()
                 if self.watch_once() == 0 and time.monotonic() - opened < 1.0:
                     self._stopping.wait(self._backoff_seconds)  # watches ended at once: no busy loop
+                gone_in_row = 0
             except ApiException as exc:
                 if self._stopping.is_set():
                     break
                 if exc.status == HTTP_GONE:
-                    log.info("watch of %s expired (410 Gone at resourceVersion %s): re-listing",
-                             self, self.resource_version)
+                    gone_in_row += 1
+                    log.log(logging.INFO if gone_in_row == 1 else logging.DEBUG,
+                            "watch of %s expired (410 Gone at resourceVersion %s): re-listing", self,
+                            self.resource_version)
                     self.synced = False
+                    if gone_in_row > 1:
+                        self._stopping.wait(min(self._backoff_seconds * 2 ** (gone_in_row - 2),
+                                                self._max_backoff_seconds))
                     continue
                 delay = self._fail(exc, delay)
             except Exception as exc:  # connection reset, timeout, bad JSON: all retried the same way

@@ -10,18 +10,17 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import quote
 
 from predictor.config import format_time
-from predictor.domain import ForecastBand
+from predictor.domain import DeploymentRef, ForecastBand, rollout_page_path
 from predictor.status.board import DecisionEntry, MetricTrack, RolloutRecord, StatusBoard
 
 API_VERSION = "v1"
 
 
 def page_path(namespace: str, deployment: str) -> str:
-    """The path of a rollout's page, relative to the daemon's root (and to a report's folder)."""
-    return f"rollouts/{quote(namespace, safe='')}/{quote(deployment, safe='')}"
+    """The path of a rollout's page, relative to the daemon's root."""
+    return rollout_page_path(DeploymentRef(namespace, deployment))
 
 
 def _number(value: float | None) -> float | None:
@@ -32,7 +31,9 @@ def _forecast(band: ForecastBand | None) -> dict[str, Any] | None:
     if band is None:
         return None
     return {"scope": band.scope.value, "from": band.start, "level": _number(band.level), "until": band.until,
-            "mean": _number(band.mean), "low": _number(band.low), "high": _number(band.high)}
+            "mean": _number(band.mean), "low": _number(band.low), "high": _number(band.high),
+            "path": [{"t": t, "mean": _number(mean), "low": _number(low), "high": _number(high)}
+                     for t, mean, low, high in band.path]}
 
 
 def _metric(track: MetricTrack, *, samples: bool) -> dict[str, Any]:
@@ -53,6 +54,7 @@ def _metric(track: MetricTrack, *, samples: bool) -> dict[str, Any]:
     }
     if samples:
         out["acted_forecast"] = _forecast(track.acted_forecast)
+        out["acted_breach"] = format_time(track.acted_breach)
         out["first_breach_seen"] = format_time(track.first_breach_seen())
         out["samples"] = [{"t": s.time, "deployment": s.deployment, "new": s.new, "old": s.old}
                           for s in samples_kept]

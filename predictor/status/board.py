@@ -29,6 +29,7 @@ from predictor.domain import (
     Scope,
 )
 
+_SCOPE_COLUMN = {Scope.DEPLOYMENT: 0, Scope.NEW: 1, Scope.OLD: 2}
 MAX_SAMPLES = 240
 """Samples kept per metric of one rollout revision: an hour at the default 15 s tick."""
 MAX_DECISIONS = 50
@@ -79,14 +80,23 @@ class MetricTrack:
     latest: Assessment | None = None
     acted_forecast: ForecastBand | None = None
     """The forecast as it stood on the tick of the first action on this metric (the page draws it there)."""
+    acted_breach: float | None = None
+    """The breach predicted on that tick."""
 
     def append(self, sample: Sample) -> None:
-        times = self.columns[0]
-        if times and sample.time <= times[-1]:
+        self.append_values(sample.time, _nan(sample.deployment), _nan(sample.new), _nan(sample.old))
+
+    def append_values(self, time: float, deployment: float, new: float, old: float) -> None:
+        """One sample, unknown values as NaN."""
+        times, dep_column, new_column, old_column = self.columns
+        if times and time <= times[-1]:
             return  # a repeated or out-of-order tick adds nothing
-        for column, value in zip(self.columns, (sample.time, sample.deployment, sample.new, sample.old), strict=True):
-            column.append(math.nan if value is None else value)
-            if len(column) > MAX_SAMPLES:
+        times.append(time)
+        dep_column.append(deployment)
+        new_column.append(new)
+        old_column.append(old)
+        if len(times) > MAX_SAMPLES:
+            for column in self.columns:
                 del column[0]
 
     @property
@@ -145,6 +155,10 @@ def _known(value: float) -> float | None:
     return None if math.isnan(value) else value
 
 
+def _nan(value: float | None) -> float:
+    return math.nan if value is None else value
+
+
 class StatusBoard:
     """The records of the rollouts the engine watches; thread-safe (the engine writes, the HTTP server reads).
 
@@ -160,6 +174,9 @@ class StatusBoard:
         self.dropped = 0
         """Rollouts not recorded because the board was full of watched ones."""
         self._records: dict[DeploymentRef, list[RolloutRecord]] = {}
+        """Per Deployment, its revisions on the board, newest first."""
+        self._index: dict[tuple[DeploymentRef, int], RolloutRecord] = {}
+        """The same records by (Deployment, revision)."""
         self._lock = threading.Lock()
         self.updated_at: float | None = None
 
@@ -173,10 +190,11 @@ class StatusBoard:
             for records in self._records.values():
                 for record in records:
                     record.watched = False
+            spare: list[RolloutRecord] | None = None
             for ref, state in current.items():
                 record = self._find(ref, state.revision)
                 if record is None:
-                    record, out = self._add(ref, state, now)
+                    record, out, spare = self._add(ref, state, now, spare)
                     evicted.extend(out)
                     if record is None:
                         continue
@@ -187,20 +205,24 @@ class StatusBoard:
                 observations: Iterable[Observation]) -> None:
         """One metric's observations of one rollout on one tick (its scopes merged into one sample per time)."""
         with self._lock:
-            record = self._find(ref, revision)
+            record = self._index.get((ref, revision))
             if record is None:
                 return
             track = record.metrics.get(spec.name)
             if track is None:
                 track = record.metrics[spec.name] = MetricTrack(spec.name, spec.threshold, spec.direction)
-            rows: dict[float, dict[Scope, float | None]] = {}
+            rows: dict[float, list[float]] = {}
             for obs in observations:
-                if obs.metric == spec.name:
-                    rows.setdefault(obs.time, {})[obs.scope] = _finite(obs.value)
-            for time in sorted(rows):
-                values = rows[time]
-                track.append(Sample(time, values.get(Scope.DEPLOYMENT), values.get(Scope.NEW),
-                                            values.get(Scope.OLD)))
+                if obs.metric != spec.name:
+                    continue
+                row = rows.get(obs.time)
+                if row is None:
+                    row = rows[obs.time] = [math.nan, math.nan, math.nan]
+                value = obs.value
+                if value is not None and math.isfinite(value):
+                    row[_SCOPE_COLUMN[obs.scope]] = value
+            for time in sorted(rows) if len(rows) > 1 else rows:
+                track.append_values(time, *rows[time])
 
     def assessed(self, rollout: RolloutState, assessments: Sequence[Assessment], decision: Decision,
                  phase: str) -> None:
@@ -224,6 +246,7 @@ class StatusBoard:
             track = record.metrics.get(decision.metric or "")
             if track is not None and track.acted_forecast is None and decision.action is not Action.ALERT:
                 track.acted_forecast = track.latest.forecast if track.latest is not None else None
+                track.acted_breach = decision.predicted_breach
 
     def outcome(self, decision: Decision, outcome: str) -> None:
         """What became of a decision handed to the actuator."""
@@ -260,39 +283,48 @@ class StatusBoard:
 
     def __len__(self) -> int:
         with self._lock:
-            return sum(len(records) for records in self._records.values())
+            return len(self._index)
 
     # Inside the lock --------------------------------------------------------------------------------------------
     def _find(self, ref: DeploymentRef, revision: int) -> RolloutRecord | None:
-        for record in self._records.get(ref, ()):
-            if record.revision == revision:
-                return record
-        return None
+        return self._index.get((ref, revision))
 
-    def _add(self, ref: DeploymentRef, state: RolloutState,
-             now: float) -> tuple[RolloutRecord | None, list[RolloutRecord]]:
+    def _remove(self, record: RolloutRecord) -> None:
+        records = self._records[record.ref]
+        records.remove(record)
+        if not records:
+            del self._records[record.ref]
+        del self._index[(record.ref, record.revision)]
+
+    def _add(self, ref: DeploymentRef, state: RolloutState, now: float,
+             spare: list[RolloutRecord] | None) -> tuple[RolloutRecord | None, list[RolloutRecord],
+                                                          list[RolloutRecord] | None]:
+        """Add a record, making room if needed from `spare` (the unwatched records, oldest last; computed on the
+        first need of a tick and passed back)."""
         evicted: list[RolloutRecord] = []
-        records = self._records.setdefault(ref, [])
+        records = self._records.get(ref, [])
         while len(records) >= REVISIONS_KEPT:
-            evicted.append(records.pop())
-        count = sum(len(r) for r in self._records.values())
-        while count >= self.max_records:
-            candidates = [r for rs in self._records.values() for r in rs if not r.watched]
-            if not candidates:
+            oldest_revision = records[-1]
+            self._remove(oldest_revision)
+            evicted.append(oldest_revision)
+        while len(self._index) >= self.max_records:
+            if spare is None:
+                spare = sorted((r for r in self._index.values() if not r.watched),
+                               key=lambda r: (r.last_seen, r.ref, r.revision), reverse=True)
+            while spare and (spare[-1].ref, spare[-1].revision) not in self._index:
+                spare.pop()
+            if not spare:
                 self.dropped += 1
-                if not records:
-                    del self._records[ref]
-                return None, evicted
-            oldest = min(candidates, key=lambda r: (r.last_seen, r.ref, r.revision))
-            self._records[oldest.ref].remove(oldest)
-            if not self._records[oldest.ref] and oldest.ref != ref:
-                del self._records[oldest.ref]
+                return None, evicted, spare
+            oldest = spare.pop()
+            self._remove(oldest)
             evicted.append(oldest)
-            count -= 1
         record = RolloutRecord(ref=ref, revision=state.revision, first_seen=now, state=state, last_seen=now)
+        records = self._records.setdefault(ref, [])
         records.insert(0, record)
         records.sort(key=lambda r: r.revision, reverse=True)
-        return record, evicted
+        self._index[(ref, state.revision)] = record
+        return record, evicted, spare
 
     def _evicted(self, records: list[RolloutRecord]) -> None:
         if self.on_evict is not None:
@@ -304,4 +336,5 @@ class StatusBoard:
         with self._lock:
             records = [record for ref in sorted(self._records) for record in self._records[ref]]
             self._records.clear()
+            self._index.clear()
         self._evicted(records)

@@ -36,6 +36,10 @@ def _time(seconds: float | None) -> str:
     return escape(format_time(seconds) or "-")
 
 
+def _short(text: str, limit: int = 180) -> str:
+    return text if len(text) <= limit else text[:limit - 1].rstrip() + "…"
+
+
 def default_page_href(record: RolloutRecord) -> str:
     """The rollout page's link from the daemon's `/`."""
     return page_path(record.ref.namespace, record.ref.name)
@@ -66,7 +70,7 @@ def index_page(records: Sequence[RolloutRecord], *, page_href: Callable[[Rollout
             f'{"" if record.watched else " (no longer watched)"}</td>'
             f'<td class="num">{record.state.updated_replicas}/{record.state.desired_replicas}</td>'
             f'<td class="num">{record.risk:.2f}</td><td>{escape(record.metric or "-")}</td><td>{action_text}</td>'
-            f'{extra}<td class="reason">{escape(record.reason)}</td></tr>')
+            f'{extra}<td class="reason" title="{escape(record.reason)}">{escape(_short(record.reason))}</td></tr>')
     table = (f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>" if rows else
              '<p class="muted">No rollout watched yet: a Deployment of the targets appears here while it rolls out '
              "and for its bake time after.</p>")

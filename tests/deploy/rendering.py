@@ -54,6 +54,7 @@ HELM_SCENARIOS: dict[str, HelmScenario] = {
                 {"namespace": "pay", "names": ["api", "ledger"]},
             ],
             "retraining": {"enabled": True},
+            "server": {"port": 8080, "externalUrl": "https://predictor.example.com"},
             "monitoring": {"serviceMonitor": {"enabled": True}, "prometheusRule": {"enabled": True}},
             "prometheus": {
                 "url": "https://prometheus.monitoring.svc:9091",

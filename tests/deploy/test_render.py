@@ -385,3 +385,9 @@ def test_retraining_job_mounts_the_models_claim_the_daemon_reads() -> None:
     job_claim = {v["name"]: v for v in pod_spec(job)["volumes"]}["predictor-models"]["persistentVolumeClaim"]
     assert claim["claimName"] == job_claim["claimName"] and claim["readOnly"] is True
     assert {m["mountPath"]: m.get("readOnly", False) for m in daemon["volumeMounts"]}["/models"] is True
+
+
+def test_the_external_url_reaches_the_daemons_config() -> None:
+    """`server.externalUrl` becomes `server.external_url`: the page alerts and annotations link to."""
+    assert daemon_config(render("helm-service-full"))["server"]["external_url"] == "https://predictor.example.com"
+    assert "external_url" not in daemon_config(render("helm-service"))["server"]

@@ -16,7 +16,15 @@ import yaml
 
 from tests.fakes.kubeapi import FakeKubeAPI, make_deployment
 from tests.fixtures.alertmanager import RecordingServer, webhook_alerts
-from tests.integration.live import image_of, set_image, write_config
+from tests.fixtures.prometheus import key
+from tests.integration.live import (
+    GOOD_ERROR_SHARE,
+    REQUESTS_PER_SECOND,
+    TrafficFeeder,
+    image_of,
+    set_image,
+    write_config,
+)
 
 TABLE_ENV = "PREDICTOR_FAULTS_TABLE"
 """When set, the suite appends one JSON line per scenario to this file (benchmarks/faults.py makes the table)."""
@@ -152,3 +160,35 @@ def lines(output: str) -> Iterator[dict[str, Any]]:
                 yield json.loads(line)
             except ValueError:
                 continue
+
+
+class RampingFeeder(TrafficFeeder):
+    """A release that degrades: a pod of a bad image starts at the good error share, which then grows by
+    `ramp_per_second` (a leak). Only a trend over history sees it coming before it breaches."""
+
+    def __init__(self, fake: FakeKubeAPI, live: Any, ns: str, bad_images: Any, ramp_per_second: float) -> None:
+        super().__init__(fake, live, ns, bad_images)
+        self.ramp_per_second = ramp_per_second
+        self.first_seen: dict[str, float] = {}
+
+    def tick(self, seconds: float) -> None:
+        bad = self._bad_replicasets()
+        pods = [p["metadata"]["name"] for p in self.fake.list("v1", "Pod", self.namespace)]
+        live = set()
+        now = time.monotonic()
+        for pod in pods:
+            share = GOOD_ERROR_SHARE
+            if pod.rsplit("-", 1)[0] in bad:
+                since = now - self.first_seen.setdefault(pod, now)
+                share = min(0.5, GOOD_ERROR_SHARE + self.ramp_per_second * since)
+            total = REQUESTS_PER_SECOND * seconds
+            for code, amount in (("200", total * (1 - share)), ("500", total * share)):
+                series = key("http_requests_total", namespace=self.namespace, pod=pod, code=code)
+                self.counts[(pod, code)] = self.counts.get((pod, code), 0.0) + amount
+                self.live.exporter.set(series, self.counts[(pod, code)])
+                live.add(series)
+        for pod, code in list(self.counts):
+            series = key("http_requests_total", namespace=self.namespace, pod=pod, code=code)
+            if series not in live:
+                self.live.exporter.remove(series)
+                del self.counts[(pod, code)]

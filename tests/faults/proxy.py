@@ -1,7 +1,7 @@
 """A small fault proxy for the fault-injection suite: TCP on 127.0.0.1 between the daemon and one dependency.
 
 The test points the daemon at `proxy.url` instead of the dependency and switches the proxy's behaviour at run
-time with `proxy.set(Fault.X, ...)`:
+time with `proxy.set(Fault.X, ...)` (a fault may be limited to a `method` and a `path` regex):
 
 - `PASS`: bytes are piped both ways untouched (keep-alive, streaming watches, everything);
 - `DROP`: the connection is accepted and closed at once, before any answer (the client sees a reset/EOF);
@@ -14,7 +14,8 @@ time with `proxy.set(Fault.X, ...)`:
 - `TRUNCATE`: the upstream's answer with its Content-Length kept and its body cut in half, then closed;
 - `PARTIAL`: the upstream's Prometheus answer with only the first of the series in `data.result`.
 
-Every mode but PASS answers one request per connection (`Connection: close`). Switching the mode closes (FIN) the
+While any fault is set, every connection carries one request (`Connection: close`), including those a
+`method` or `path` filter spares. Switching the mode closes (FIN) the
 connections that are open, so that keep-alive connections cannot outlive it. A
 mode may be limited to requests whose path matches `path` (a regex); others pass. `proxy.requests` counts the
 requests that met each mode.
@@ -59,9 +60,12 @@ class Behaviour:
     body: bytes = b""
     path: str | None = None
     """Only requests whose path matches this regex (re.search) get the fault; the others pass."""
+    method: str | None = None
+    """Only requests with this method (e.g. PATCH) get the fault; the others pass."""
 
-    def applies_to(self, path: str) -> bool:
-        return self.path is None or re.search(self.path, path) is not None
+    def applies_to(self, method: str, path: str) -> bool:
+        return (self.path is None or re.search(self.path, path) is not None) and (
+            self.method is None or self.method.upper() == method.upper())
 
 
 @dataclass
@@ -100,7 +104,8 @@ class FaultProxy:
             return self._behaviour
 
     def set(self, fault: Fault, **options: Any) -> None:
-        """Switch to `fault` (options: seconds, status, headers, body, path); open connections are closed."""
+        """Switch to `fault` (options: seconds, status, headers, body, path, method); open connections are
+        closed."""
         headers = options.pop("headers", {})
         if isinstance(headers, dict):
             headers = tuple(headers.items())
@@ -158,7 +163,7 @@ class FaultProxy:
             request = _read_request(client)
             if request is None:
                 return
-            fault = behaviour.fault if behaviour.applies_to(request.path) else Fault.PASS
+            fault = behaviour.fault if behaviour.applies_to(request.method, request.path) else Fault.PASS
             self.requests[fault.value] += 1
             if fault is Fault.DELAY:
                 if self._stopping.wait(behaviour.seconds):
@@ -173,7 +178,10 @@ class FaultProxy:
             upstream = socket.create_connection(self.upstream, timeout=_IO_TIMEOUT_SECONDS)
             self._track(upstream)
             if fault is Fault.PASS:
-                upstream.sendall(request.head + request.body)
+                # While a fault is set, even a request it spares is the connection's only one, so that the next
+                # request meets the fault too; streamed answers (watches) still flow as they come.
+                spared = behaviour.fault is not Fault.PASS
+                upstream.sendall(_closing_request(request) if spared else request.head + request.body)
                 _pipe(client, upstream)
                 return
             upstream.sendall(_closing_request(request))

@@ -43,6 +43,7 @@ def make_notifier() -> Iterator[MakeNotifier]:
         backoff_initial_seconds: float = 0.05,
         backoff_max_seconds: float = 0.2,
         resend_seconds: float = 60.0,
+        group_wait_seconds: float = 1.0,
     ) -> AlertmanagerNotifier:
         config = AlertmanagerConfig(
             url=url,
@@ -54,6 +55,7 @@ def make_notifier() -> Iterator[MakeNotifier]:
             resend_seconds=resend_seconds,
             backoff_initial_seconds=backoff_initial_seconds,
             backoff_max_seconds=backoff_max_seconds,
+            group_wait_seconds=group_wait_seconds,  # the test Alertmanager's group_wait
         )
         created.append(notifier)
         return notifier
@@ -205,6 +207,25 @@ def test_alertmanager_down_at_first_send_does_not_block_and_alert_arrives_later(
 
 
 @pytest.mark.alertmanager
+def test_an_alert_that_fired_and_resolved_while_alertmanager_was_down_is_notified_firing_then_resolved(
+    start_alertmanager: Callable[..., AlertmanagerProcess],
+    webhook_receiver: RecordingServer,
+    make_notifier: MakeNotifier,
+) -> None:
+    port = free_port()
+    notifier = make_notifier(f"http://127.0.0.1:{port}", backoff_initial_seconds=0.2, backoff_max_seconds=0.5)
+    alert = make_alert("orders")
+    notifier.send([alert], [], now=time.time())
+    eventually(lambda: notifier.failed >= 1, what="a failed attempt")
+    notifier.send([], [alert], now=time.time())  # resolved before Alertmanager ever heard of it
+    start_alertmanager(port)
+    bodies = webhook_receiver.wait_for(notified("orders", "resolved"), timeout=20.0)
+    statuses = [a["status"] for a in webhook_alerts(bodies) if a["labels"].get("deployment") == "orders"]
+    assert statuses[0] == "firing" and statuses[-1] == "resolved", statuses
+    eventually(lambda: notifier.pending == 0, what="nothing left pending")
+
+
+@pytest.mark.alertmanager
 def test_is_online(alertmanager: AlertmanagerProcess, make_notifier: MakeNotifier) -> None:
     assert make_notifier(alertmanager.url).is_online()
     assert not make_notifier(f"http://127.0.0.1:{free_port()}").is_online()
@@ -288,11 +309,16 @@ def test_newest_state_wins_and_a_resolve_is_not_lost(
     assert notifier.pending == 2
     down.clear()
 
-    eventually(lambda: notifier.pending == 0 and notifier.sent >= 2, what="everything delivered")
+    eventually(lambda: notifier.pending == 0 and notifier.sent >= 3, what="everything delivered")
     last_state: dict[str, dict[str, Any]] = {}
+    states: dict[str, list[str]] = {}
     for request in accepted:
         for posted in request.json():
             last_state[posted["labels"]["deployment"]] = posted
+            firing = parse_time(posted["endsAt"]) > now + 2
+            states.setdefault(posted["labels"]["deployment"], []).append("firing" if firing else "resolved")
+    # `first` never reached Alertmanager firing: it is sent firing, then (its group_wait later) resolved.
+    assert states["first"] == ["firing", "resolved"]
     # The last Alertmanager heard of `first` is its resolve; of `second` that it fires, as of the last send.
     assert parse_time(last_state["first"]["endsAt"]) == pytest.approx(now + 2, abs=0.001)
     assert parse_time(last_state["second"]["endsAt"]) == pytest.approx(now + 2 + 4 * 60, abs=0.001)
@@ -379,8 +405,12 @@ def test_expired_firing_alert_is_not_sent_but_a_resolve_is(fake_alertmanager_api
     clock = FixedClock(sent_at + 4 * 15.0)
     config = AlertmanagerConfig(url=fake_alertmanager_api.url)
     with AlertmanagerNotifier(config, resend_seconds=15.0, clock=clock, backoff_initial_seconds=0.05) as notifier:
+        notifier.group_wait_seconds = 0.0
         notifier.send([make_alert("stale")], [make_alert("gone")], now=sent_at)
-        eventually(lambda: notifier.sent == 1, what="the resolve delivered")
-        [post] = alert_posts(fake_alertmanager_api)
-        assert [a["labels"]["deployment"] for a in post.json()] == ["gone"]
+        eventually(lambda: notifier.sent == 2, what="the resolve delivered")
+        first, second = alert_posts(fake_alertmanager_api)
+        # never delivered firing: sent firing first (valid from the clock's now), then resolved
+        assert [(a["labels"]["deployment"], a["endsAt"] > a["startsAt"]) for a in first.json()] == [("gone", True)]
+        assert [a["labels"]["deployment"] for a in second.json()] == ["gone"]
+        assert parse_time(second.json()[0]["endsAt"]) == pytest.approx(sent_at, abs=0.001)
         assert notifier.pending == 0

@@ -140,3 +140,25 @@ def test_the_default_pack_reads_the_simulated_values_back(prom: PrometheusServer
 def _seconds(value: object) -> float:
     assert isinstance(value, str)
     return parse_time(value, 0.0)
+
+
+def test_the_report_writes_a_page_per_rollout_replayed_and_an_index(
+    tmp_path: Path, prom: PrometheusServer, restore_logging: None
+) -> None:
+    """`--report DIR`: the status pages of every rollout replayed, the action marked, the index with its lead."""
+    output, report = tmp_path / "actions.jsonl", tmp_path / "report"
+    code = main(["backtest", "--config", str(write_config(tmp_path, prom.url)), "--start", str(B + 300),
+                 "--end", str(END), "--step", "15s", "--output", str(output), "--report", str(report)])
+    assert code == 0
+    actions = [json.loads(line) for line in output.read_text(encoding="utf-8").splitlines()]
+    pages = sorted(p.relative_to(report).as_posix() for p in report.rglob("*.html"))
+    assert "index.html" in pages
+    assert {"rollouts/shop/checkout-r2.html", "rollouts/shop/catalog-r2.html"} <= set(pages)
+    checkout = (report / "rollouts/shop/checkout-r2.html").read_text(encoding="utf-8")
+    assert f'class="action action-{actions[0]["action"]}"' in checkout
+    assert checkout.count('<svg class="chart"') >= 4
+    index = (report / "index.html").read_text(encoding="utf-8")
+    assert 'href="rollouts/shop/checkout-r2.html"' in index and 'href="rollouts/shop/catalog-r2.html"' in index
+    row = index[index.index('href="rollouts/shop/checkout-r2.html"'):].split("</tr>", 1)[0]
+    assert error_ratio_crossing(prom, "checkout") is not None, "the history breaches"
+    assert "error_ratio at" in row and "before" in row, "the lead before the breach the replay saw"

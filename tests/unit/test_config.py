@@ -133,3 +133,11 @@ def test_parse_time() -> None:
     assert parse_time("1767225600", now) == 1767225600.0
     with pytest.raises(ValueError, match="yesterday"):
         parse_time("yesterday", now)
+
+
+def test_alertmanager_group_wait_is_a_duration_defaulting_to_alertmanagers_30s() -> None:
+    assert parse_config(MINIMAL).alertmanager.group_wait_seconds == 30.0
+    am = {"url": "http://am:9093", "group_wait": "5s"}
+    assert parse_config({**MINIMAL, "alertmanager": am}).alertmanager.group_wait_seconds == 5.0
+    [error] = errors_of({**MINIMAL, "alertmanager": {**am, "group_wait": "soon"}})
+    assert error.startswith("alertmanager.group_wait: ") and "got 'soon'" in error

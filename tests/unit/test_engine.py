@@ -1,16 +1,17 @@
 """The engine over simulated rollouts: the whole decision loop with in-memory ports and a hand-stepped clock."""
 
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import pytest
 
 from predictor.config import MetricSpec
 from predictor.demo import SimulatedCluster, demo_config, run_demo
+from predictor.detectors.rollout_scorer import ForecastScorer
 from predictor.detectors.trend import ThresholdTrendScorer
 from predictor.domain import Action, Assessment, DeploymentRef, Observation, RolloutState
 from predictor.engine import Engine
-from predictor.policy import ALERT_BLIND, ALERT_BREACH
+from predictor.policy import ALERT_BLIND, ALERT_BREACH, Phase
 from predictor.simulate import SCENARIO_KINDS, SimulatedRollout
 
 START = 1_767_268_800.0
@@ -174,6 +175,31 @@ def test_a_pause_escalates_to_one_undo_when_the_risk_becomes_sure() -> None:
     assert sim.undone_at == START + 60.0
 
 
+def _acted_at(kind: str, restart_at: float | None, rebuild: bool) -> float:
+    """When the engine acted on a `kind` rollout; restarted (a new Engine, empty memory) at `restart_at`."""
+    cluster = SimulatedCluster([SimulatedRollout(DeploymentRef("shop", "checkout"), kind, START, seed=3)])
+    engine = engine_for(cluster)
+    for i in range(15 * 4 + 1):
+        now = START + i * 15.0
+        if restart_at is not None and now >= restart_at:
+            engine, restart_at = engine_for(cluster, rebuild_history=rebuild), None
+        engine.tick(now)
+        if cluster.actions:
+            return cluster.actions[0][0]
+    raise AssertionError("never acted")
+
+
+@pytest.mark.parametrize("kind", ["memory_leak", "cpu_saturation"])
+def test_a_restart_mid_rollout_rebuilds_the_history_and_acts_when_an_uninterrupted_engine_would(kind: str) -> None:
+    steady = _acted_at(kind, None, rebuild=False)
+    restart = steady - 30.0  # two ticks before the uninterrupted engine acted: a slow release, history matters
+    rebuilt = _acted_at(kind, restart, rebuild=True)
+    forgotten = _acted_at(kind, restart, rebuild=False)
+    assert rebuilt - steady <= 15.0, f"rebuilt: acted {rebuilt - steady:.0f}s after the uninterrupted engine"
+    assert forgotten - steady >= 60.0, (
+        f"without the rebuild it acts {forgotten - steady:.0f}s late: the test shows nothing")
+
+
 @pytest.mark.parametrize(("risk", "watched_for"), [(0.0, 300.0), (0.3, 1800.0)])
 def test_a_revision_whose_evidence_still_builds_is_watched_beyond_bake(risk: float, watched_for: float) -> None:
     """The demo's bake is 5 minutes and max_watch the default 30 minutes: a quiet revision leaves scope at the end
@@ -193,3 +219,40 @@ def test_a_revision_whose_evidence_still_builds_is_watched_beyond_bake(risk: flo
     assert completed is not None and last_watched is not None
     assert watched_for - 15.0 < last_watched - completed <= watched_for
     assert not cluster.actions
+
+
+@dataclass
+class SlowLeak(SimulatedRollout):
+    """Memory of new pods grows 0.015 of the limit a minute: the max over 4 pods breaches 0.9 about 22 minutes
+    after a rollout that completed in 90 s, 10 minutes after its bake ended."""
+
+    def pod_value(self, metric: str, new: bool, age: float, t: float, pod: int) -> float:
+        value = super().pod_value(metric, new, age, t, pod)
+        return value + 0.015 * age / 60.0 if new and metric == "memory_limit_ratio" else value
+
+
+@pytest.mark.parametrize("max_watch", [600.0, 1800.0])
+def test_a_leak_that_breaches_after_bake_is_still_forecast_when_watching_goes_on(max_watch: float) -> None:
+    """With max_watch = bake (10 min) watching ends while the leak's trend still builds and nothing is said; with
+    the default 30 min the revision stays watched (`watching_beyond_bake`) and the forecast's alert fires before
+    the breach. (Without old pods or a traffic series to attribute the rise by, the scorer caps it at an alert.)"""
+    sim = SlowLeak(DeploymentRef("shop", "cache"), "healthy", START, replicas=4, step_seconds=30.0, seed=5)
+    cluster = SimulatedCluster([sim])
+    config = demo_config(Action.PAUSE)
+    config = replace(config, metrics=tuple(m for m in config.metrics if m.name == "memory_limit_ratio"),
+                     policy=replace(config.policy, bake_seconds=600.0, max_watch_seconds=max_watch))
+    engine = Engine(config, rollouts=cluster, metrics=cluster, actuator=cluster, notifier=cluster,
+                    scorer=ForecastScorer(step_seconds=15.0))
+    breach = sim.breach_time("memory_limit_ratio", 0.9, START + 3600.0)
+    assert breach is not None and breach - START > 20 * 60
+    phases = set()
+    for i in range(int((breach - START) // 15.0)):
+        engine.tick(START + i * 15.0)
+        memory = engine.memory.get(sim.ref)
+        phases.add(memory.phase if memory else None)
+    fired = [a for a in cluster.alerts_sent.values() if a.name == ALERT_BREACH]
+    if max_watch == 600.0:
+        assert not fired and Phase.BEYOND_BAKE not in phases
+    else:
+        assert Phase.BEYOND_BAKE in phases and fired and fired[0].starts_at < breach
+        assert fired[0].metric == "memory_limit_ratio"

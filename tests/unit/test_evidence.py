@@ -73,7 +73,8 @@ def test_new_against_old_weighs_the_gap_in_standard_errors_and_abstains_with_a_n
     rows = [(0.004 + 0.0004 * (-1) ** i, 0.2 + 0.002 * (-1) ** i, 0.004 + 0.0004 * (-1) ** i) for i in range(4)]
     found = new_against_old(read(ERRORS, rows))
     assert isinstance(found, Evidence) and found.risk > 0.9 * NEW_POD_BREACH_RISK
-    assert "standard errors" in found.reason and found.breach_at is not None
+    assert "standard errors" in found.reason and found.breach_at is not None and found.decisive
+    assert abs(evidence.DECISIVE_Z - 4.753) < 1e-3  # P(Z >= 4.753) = 1e-6
     few = new_against_old(read(ERRORS, rows, scorer=ForecastScorer(step_seconds=STEP, min_new_pods=3)))
     assert isinstance(few, Abstention) and "2 new pod(s) < 3" in few.note
     assert new_against_old(read(ERRORS, steady(0.004, 0.005, 0.004))) is None  # within the threshold
@@ -195,3 +196,13 @@ def test_poisson_tail() -> None:
     assert evidence._poisson_tail(0, 3.0) == 1.0 and evidence._poisson_tail(1, 0.0) == 0.0
     assert abs(evidence._poisson_tail(1, 1.0) - (1 - math.exp(-1))) < 1e-12
     assert abs(evidence._poisson_tail(3, 2.0) - (1 - 5 * math.exp(-2))) < 1e-12
+
+
+def test_a_trend_still_heading_for_the_threshold_is_building_however_far_its_breach() -> None:
+    """0.002 of the limit a minute from 0.5, no breach within any horizon worth acting on, but a rise all the
+    same: building. A flat series and a count of events are not."""
+    creep = [(0.5, 0.5 + 0.0005 * i + 0.001 * (-1) ** i, 0.5) for i in range(30)]
+    assert evidence.still_building(read(MEMORY, creep))
+    assert not max((e.risk for e in trend_forecasts(read(MEMORY, creep))), default=0.0) >= 0.7
+    assert not evidence.still_building(read(MEMORY, [(0.5, 0.5 + 0.001 * (-1) ** i, 0.5) for i in range(30)]))
+    assert not evidence.still_building(read(RESTARTS, [(float(i), float(i), 0.0) for i in range(30)]))

@@ -252,6 +252,23 @@ def test_warning_alert_resolves_after_clear_ticks() -> None:
     assert [a.name for a in decisions[3].resolved] == [ALERT_BREACH]
 
 
+def test_decisive_evidence_pauses_on_its_first_tick_and_undoes_only_after_consecutive_ticks() -> None:
+    """An abrupt regression's first sample (`Assessment.decisive`) pauses at once even with `action: undo`; the
+    undo comes from the pause's escalation once the risk held at undo_threshold for `consecutive` ticks."""
+    policy = replace(POLICY, consecutive_ticks=2)
+    decisive = replace(risk(0.95), decisive=True)
+    memory, first = decide(None, rollout(), [decisive], 0.0, policy)
+    assert first.action is Action.PAUSE and "decisive evidence on 1/2 ticks: pausing at once" in first.reason
+    memory, second = decide(memory, rollout(paused=True), [decisive], 15.0, policy)
+    assert second.action is Action.UNDO
+    paused, _ = decide(None, rollout(), [decisive], 0.0, replace(policy, action=Action.PAUSE))
+    assert paused.acted is Action.PAUSE
+    # without the flag, or once the rollout completed (no old pods to be decisive against), the hysteresis holds
+    _, plain = decide(None, rollout(), [risk(0.95)], 0.0, policy)
+    _, done = decide(None, rollout(completed_at=0.0), [decisive], 0.0, policy)
+    assert plain.action is Action.NONE and done.action is Action.NONE
+
+
 def test_a_restart_re_derives_the_alerts_of_recorded_actions_from_the_annotations() -> None:
     recorded = {ANNOTATION_ACTED_REVISION: "2", ANNOTATION_ACTION: "undo", ANNOTATION_METRIC: "error_ratio",
                 ANNOTATION_REASON: "undo: error_ratio new pods 0.11", ANNOTATION_ACTED_AT: "1970-01-01T00:00:10Z"}
@@ -269,6 +286,8 @@ def test_a_restart_re_derives_the_alerts_of_recorded_actions_from_the_annotation
     memory, decision = decide(None, paused, [risk(None)], 20.0, POLICY)
     assert decision.action is Action.NONE and memory.acted is Action.PAUSE
     assert [(a.name, a.revision, a.severity) for a in memory.alerts] == [(ALERT_BREACH, 2, "critical")]
-    # A completed rollback, or an undo of a revision we are not rolling back from, carries nothing.
-    assert decide(None, replace(rollback, completed_at=15.0), [risk(None)], 20.0, POLICY)[0].alerts == ()
+    # A rollback that completed while the daemon was down: the alert is resolved at once (the notifier sends
+    # it firing first if it never was); an undo of a revision we are not rolling back from carries nothing.
+    memory, decision = decide(None, replace(rollback, completed_at=15.0), [risk(None)], 20.0, POLICY)
+    assert memory.alerts == () and [a.revision for a in decision.resolved] == [2]
     assert decide(None, replace(rollback, is_rollback=False), [risk(None)], 20.0, POLICY)[0].alerts == ()

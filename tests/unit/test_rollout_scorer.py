@@ -365,7 +365,9 @@ def test_engine_with_the_forecast_scorer(kind: str, seed: int) -> None:
     if kind == "healthy":
         assert cluster.actions == []
     else:
-        assert len(cluster.actions) == 1 and cluster.actions[0][0] < breach_time(sim)
+        # an abrupt regression is paused on its first new sample (decisive), the pause then escalates to one undo
+        assert cluster.actions[0][0] < breach_time(sim)
+        assert [d.action for _, d in cluster.actions] in ([Action.UNDO], [Action.PAUSE, Action.UNDO])
 
 
 # Counts of events, and breaches after the last old pod left ------------------------------------------------------
@@ -414,12 +416,22 @@ def _gap_rows(new_level: Callable[[int], float], ticks: int = 16) -> list[tuple[
     return rows
 
 
-def test_an_abrupt_regression_acts_on_the_first_new_pod_s_second_sample() -> None:
-    """A gap of 0.2 against a scatter of thousandths: the first sample already says so, the second confirms it
-    does not close; the policy's two ticks in a row are the first two new samples."""
+def test_an_abrupt_regression_is_decisive_from_the_first_new_pod_s_first_sample() -> None:
+    """A gap of 0.2 against a scatter of thousandths, 0.15 beyond a threshold the old pods are 0.046 within: the
+    first sample is decisive (the policy pauses at once), the second confirms it does not close."""
     assessments = _risks(ERRORS, _gap_rows(lambda _: 0.2))
-    assert assessments[2].risk >= RISK and _first_acting_tick(assessments) == 3
+    assert assessments[2].risk >= RISK and assessments[2].decisive and _first_acting_tick(assessments) == 3
+    assert not any(a.decisive for a in assessments[:2])
     assert "new pods 0.19" in assessments[3].reason and "standard errors" in assessments[3].reason
+    assert "decisive from this sample" in assessments[2].reason and "false-positive probability 1e-06" in (
+        assessments[2].reason)
+
+
+def test_a_gap_beyond_the_threshold_by_less_than_old_pods_are_within_it_is_never_decisive() -> None:
+    """0.07 on a 0.05 threshold with old pods at 0.004: many standard errors, but 0.02 beyond it against 0.046
+    within: marginal, so the warm-up guard holds (a second sample), however sure the gap."""
+    assessments = _risks(ERRORS, _gap_rows(lambda _: 0.07))
+    assert assessments[2].risk >= RISK and not any(a.decisive for a in assessments)
 
 
 def test_a_small_gap_needs_more_samples_than_a_large_one() -> None:
@@ -428,12 +440,17 @@ def test_a_small_gap_needs_more_samples_than_a_large_one() -> None:
     assert large is not None and small is not None and large < small
 
 
-def test_a_decaying_warm_up_bump_of_a_regression_s_size_never_acts() -> None:
+def test_a_decaying_warm_up_bump_is_seen_closing_and_only_an_overwhelming_first_sample_is_decisive() -> None:
     """The new pod starts at 0.2, like the regression above, and falls back to the old pods' level within a minute
-    (`settle_seconds`): at most its first sample is at acting risk, then the gap is seen closing."""
+    (`settle_seconds`): at most its first sample is at acting risk, then the gap is seen closing. One sample
+    cannot tell it from the regression: that first sample is decisive (a pause, never an undo, which needs two
+    ticks). A marginal bump (0.08: 0.03 beyond the threshold, the old pods 0.046 within) is never decisive."""
     assessments = _risks(ERRORS, _gap_rows(lambda k: 0.004 + 0.196 * max(0.0, 1.0 - k / 4)))
     assert _first_acting_tick(assessments) is None, [a.reason for a in assessments if a.risk >= RISK]
     assert any("the gap closes" in a.reason for a in assessments)
+    assert [i for i, a in enumerate(assessments) if a.decisive] == [2]
+    marginal = _risks(ERRORS, _gap_rows(lambda k: 0.004 + 0.076 * max(0.0, 1.0 - k / 4)))
+    assert _first_acting_tick(marginal) is None and not any(a.decisive for a in marginal)
 
 
 def test_the_new_pods_trend_starts_once_their_rate_window_is_full() -> None:

@@ -7,32 +7,18 @@ import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import jsonschema
 import pytest
 
-from predictor.config import ServerConfig
 from predictor.daemon import Daemon
-from predictor.demo import SimulatedCluster, demo_config
-from predictor.domain import Action, DeploymentRef
-from predictor.engine import Engine
-from predictor.scoring import build_scorer
-from predictor.simulate import SimulatedRollout
+from predictor.demo import demo_config
 from predictor.status.client import format_table, run_status
+from tests.unit.status_daemon import START, running_daemon
 
-START = 1_767_268_800.0
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = json.loads((ROOT / "docs" / "status-api.schema.json").read_text())
-
-
-class SteppedClock:
-    def __init__(self, start: float) -> None:
-        self.t = start
-
-    def now(self) -> float:
-        return self.t
 
 
 def get(url: str) -> tuple[int, str, str]:
@@ -50,25 +36,8 @@ def validate(payload: object, definition: str) -> None:
 
 @pytest.fixture(scope="module")
 def daemon() -> Iterator[tuple[Daemon, str]]:
-    config = replace(demo_config(Action.UNDO), server=ServerConfig(host="127.0.0.1", port=0))
-    cluster = SimulatedCluster([
-        SimulatedRollout(DeploymentRef("shop", "checkout"), "error_regression", START, seed=7),
-        SimulatedRollout(DeploymentRef("shop", "catalog"), "healthy", START, seed=9),
-    ])
-    scorer, _ = build_scorer(config, scorer="forecast")
-    engine = Engine(config, rollouts=cluster, metrics=cluster, actuator=cluster, notifier=cluster, scorer=scorer)
-    clock = SteppedClock(START)
-    daemon = Daemon(config, engine, readiness_checks={}, clock=clock)
-    daemon.start()
-    daemon.scheduler.pause()  # the test steps the clock and ticks itself
-    try:
-        for _ in range(16):
-            clock.t += 15.0
-            daemon.tick()
-        assert cluster.actions, "the error regression was acted on"
-        yield daemon, f"http://127.0.0.1:{daemon.port}"
-    finally:
-        daemon.stop()
+    with running_daemon() as started:
+        yield started
 
 
 def test_the_list_names_every_watched_rollout_with_its_metrics(daemon: tuple[Daemon, str]) -> None:

@@ -191,7 +191,7 @@ def test_run_nab_writes_one_scored_csv_per_data_file(tmp_path):
     (data / "README.md").write_text("not data")
     (data / "catA" / "notes.txt").write_text("not data")
 
-    written = run_nab(data, out, workers=2)
+    written = run_nab(data, out, workers=2, detector="ensemble")
 
     assert [p.relative_to(out).as_posix() for p in written] == sorted(files)
     assert [p.relative_to(data).as_posix() for p in find_nab_files(data)] == sorted(files)

@@ -148,6 +148,9 @@ policy:
 server:
   host: "0.0.0.0"
   port: {{ .Values.server.port }}
+{{- with .Values.server.externalUrl }}
+  external_url: {{ . | quote }}
+{{- end }}
 logging:
   format: {{ .Values.logging.format | quote }}
   level: {{ .Values.logging.level | quote }}
