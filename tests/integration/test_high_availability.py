@@ -78,6 +78,7 @@ def test_one_leader_acts_and_the_follower_takes_over_without_acting_twice(
         first = start_daemon(configs["predictor-a"], {**election, "POD_NAME": "predictor-a"})
         second = None
         try:
+            wait_for_first_tick(configs["predictor-a"], first)  # start-up takes far longer on a loaded machine
             wait_for(lambda: lease_holder(fake_kube, namespace) == "predictor-a", 20, "predictor-a to lead")
             second = start_daemon(configs["predictor-b"], {**election, "POD_NAME": "predictor-b"})
             wait_for_first_tick(configs["predictor-b"], second)  # the follower is up and scoring
