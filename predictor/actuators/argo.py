@@ -25,13 +25,8 @@ from kubernetes.client.exceptions import ApiException
 from predictor.actuators.kubernetes import EVENT_REASON_DRY_RUN, EVENT_REASONS, MAX_MESSAGE_CHARS, ActuatorError
 from predictor.domain import (
     ACTION_SEVERITY,
-    ANNOTATION_ACTED_AT,
     ANNOTATION_ACTED_REVISION,
     ANNOTATION_ACTION,
-    ANNOTATION_DRY_RUN,
-    ANNOTATION_PREDICTED_BREACH,
-    ANNOTATION_REASON,
-    ANNOTATION_RISK,
     Action,
     Decision,
     RolloutState,
@@ -39,7 +34,7 @@ from predictor.domain import (
 from predictor.kube import call_json
 from predictor.ports import ActionResult, Clock, SystemClock
 from predictor.rollouts.argo import GROUP, PLURAL, VERSION, argo_revision
-from predictor.rollouts.state import format_time
+from predictor.rollouts.state import action_record, format_time
 
 log = logging.getLogger(__name__)
 
@@ -135,16 +130,7 @@ class ArgoActuator:
         return None
 
     def _annotations(self, decision: Decision) -> dict[str, str]:
-        breach = decision.predicted_breach
-        return {
-            ANNOTATION_ACTED_REVISION: str(decision.revision),
-            ANNOTATION_ACTION: decision.action.value,
-            ANNOTATION_ACTED_AT: format_time(self._clock.now()),
-            ANNOTATION_REASON: decision.reason,
-            ANNOTATION_RISK: f"{decision.risk:.3f}",
-            ANNOTATION_PREDICTED_BREACH: format_time(breach) if breach is not None else "",
-            ANNOTATION_DRY_RUN: "true" if decision.dry_run else "false",
-        }
+        return action_record(decision, self._clock.now())
 
     def _emit_event(self, rollout: Mapping[str, Any], reason: str, decision: Decision) -> None:
         """A Warning Event on the Rollout; a failure is logged, never raised."""

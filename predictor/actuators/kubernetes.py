@@ -39,10 +39,7 @@ from predictor.domain import (
     ANNOTATION_ACTED_REVISION,
     ANNOTATION_ACTION,
     ANNOTATION_DRY_RUN,
-    ANNOTATION_METRIC,
-    ANNOTATION_PREDICTED_BREACH,
     ANNOTATION_REASON,
-    ANNOTATION_RISK,
     ANNOTATION_STATUS_URL,
     REVISION_ANNOTATION,
     Action,
@@ -55,6 +52,7 @@ from predictor.domain import (
 from predictor.kube import call_json
 from predictor.ports import ActionResult, Clock, SystemClock
 from predictor.rollouts.state import (
+    action_record,
     format_time,
     owned_replicasets,
     previous_revision_below,
@@ -286,18 +284,8 @@ class KubernetesActuator:
                          _content_type=MERGE_PATCH)
 
     def _annotations(self, decision: Decision) -> dict[str, str]:
-        breach = decision.predicted_breach
         page = self._page_url(decision.ref) if self._page_url else ""
-        return ({ANNOTATION_STATUS_URL: page} if page else {}) | {
-            ANNOTATION_ACTED_REVISION: str(decision.revision),
-            ANNOTATION_ACTION: decision.action.value,
-            ANNOTATION_ACTED_AT: format_time(self._clock.now()),
-            ANNOTATION_REASON: decision.reason,
-            ANNOTATION_RISK: f"{decision.risk:.3f}",
-            ANNOTATION_PREDICTED_BREACH: format_time(breach) if breach is not None else "",
-            ANNOTATION_DRY_RUN: "true" if decision.dry_run else "false",
-            ANNOTATION_METRIC: decision.metric or "",
-        }
+        return ({ANNOTATION_STATUS_URL: page} if page else {}) | action_record(decision, self._clock.now())
 
     def ensure_recorded(self, rollout: RolloutState) -> bool:
         """Create the Event of the action recorded in `rollout`'s annotations if it is missing (see the module

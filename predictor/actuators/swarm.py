@@ -30,19 +30,14 @@ from docker.errors import APIError, DockerException, NotFound
 
 from predictor.domain import (
     ACTION_SEVERITY,
-    ANNOTATION_ACTED_AT,
     ANNOTATION_ACTED_REVISION,
     ANNOTATION_ACTION,
-    ANNOTATION_DRY_RUN,
-    ANNOTATION_PREDICTED_BREACH,
-    ANNOTATION_REASON,
-    ANNOTATION_RISK,
     Action,
     Decision,
     RolloutState,
 )
 from predictor.ports import ActionResult, Clock, SystemClock
-from predictor.rollouts.state import format_time
+from predictor.rollouts.state import action_record
 from predictor.rollouts.swarm import LABEL_UNDONE_TO, revision_of_hash, template_hash
 
 log = logging.getLogger(__name__)
@@ -183,14 +178,4 @@ class SwarmActuator:
         self.api._result(response, json=True)  # raises APIError on an error status
 
     def _labels(self, decision: Decision, target: int) -> dict[str, str]:
-        breach = decision.predicted_breach
-        return {
-            ANNOTATION_ACTED_REVISION: str(decision.revision),
-            ANNOTATION_ACTION: decision.action.value,
-            ANNOTATION_ACTED_AT: format_time(self._clock.now()),
-            ANNOTATION_REASON: decision.reason[:MAX_LABEL_CHARS],
-            ANNOTATION_RISK: f"{decision.risk:.3f}",
-            ANNOTATION_PREDICTED_BREACH: format_time(breach) if breach is not None else "",
-            ANNOTATION_DRY_RUN: "false",
-            LABEL_UNDONE_TO: str(target),
-        }
+        return action_record(decision, self._clock.now(), reason_chars=MAX_LABEL_CHARS) | {LABEL_UNDONE_TO: str(target)}

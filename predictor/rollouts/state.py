@@ -22,7 +22,22 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from predictor.domain import POD_TEMPLATE_HASH_LABEL, REVISION_ANNOTATION, DeploymentRef, PodState, RolloutState
+from predictor.domain import (
+    ANNOTATION_ACTED_AT,
+    ANNOTATION_ACTED_REVISION,
+    ANNOTATION_ACTION,
+    ANNOTATION_DRY_RUN,
+    ANNOTATION_METRIC,
+    ANNOTATION_PREDICTED_BREACH,
+    ANNOTATION_REASON,
+    ANNOTATION_RISK,
+    POD_TEMPLATE_HASH_LABEL,
+    REVISION_ANNOTATION,
+    Decision,
+    DeploymentRef,
+    PodState,
+    RolloutState,
+)
 
 Obj = Mapping[str, Any]
 
@@ -53,6 +68,22 @@ def parse_time(text: str | None) -> float | None:
 def format_time(seconds: float) -> str:
     """POSIX seconds -> RFC3339 in UTC with a `Z`, whole seconds (as Kubernetes writes metav1.Time)."""
     return datetime.fromtimestamp(int(seconds), tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def action_record(decision: Decision, acted_at: float, reason_chars: int | None = None) -> dict[str, str]:
+    """What every host writes on the workload it acted on (annotations, or a Swarm service's labels): a restarted
+    daemon reads its action, revision and metric back from them (`policy.recall`, the action budget)."""
+    breach = decision.predicted_breach
+    return {
+        ANNOTATION_ACTED_REVISION: str(decision.revision),
+        ANNOTATION_ACTION: decision.action.value,
+        ANNOTATION_ACTED_AT: format_time(acted_at),
+        ANNOTATION_REASON: decision.reason[:reason_chars] if reason_chars else decision.reason,
+        ANNOTATION_RISK: f"{decision.risk:.3f}",
+        ANNOTATION_PREDICTED_BREACH: format_time(breach) if breach is not None else "",
+        ANNOTATION_DRY_RUN: "true" if decision.dry_run else "false",
+        ANNOTATION_METRIC: decision.metric or "",
+    }
 
 
 def _meta(obj: Obj) -> Obj:
