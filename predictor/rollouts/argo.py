@@ -15,7 +15,6 @@ Deployment source; `rollout_state_from_argo` (pure) turns a Rollout and its Repl
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -24,7 +23,7 @@ from kubernetes import client
 from predictor.config import Target
 from predictor.domain import DeploymentRef, RolloutState
 from predictor.kube import call_json
-from predictor.rollouts.kubernetes import _Informer
+from predictor.rollouts.kubernetes import InformerSet
 from predictor.rollouts.state import parse_time
 
 Obj = Mapping[str, Any]
@@ -135,9 +134,6 @@ class ArgoRolloutSource:
                  watch_timeout_seconds: float = 300.0, backoff_seconds: float = 1.0,
                  max_backoff_seconds: float = 60.0) -> None:
         self._targets = tuple(targets)
-        self._stopping = threading.Event()
-        self._started = False
-        self._lock = threading.Lock()
         custom = client.CustomObjectsApi(api_client)
         apps = client.AppsV1Api(api_client)
 
@@ -145,37 +141,22 @@ class ArgoRolloutSource:
             """List (or, with watch=True, watch) the Rollouts of a namespace."""
             return custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, **kwargs)
 
-        self._informers: dict[tuple[str, str, str], _Informer] = {}
-        for target in self._targets:
-            for kind, method in (("Rollout", list_rollouts), ("ReplicaSet", apps.list_namespaced_replica_set)):
-                key = (kind, target.namespace, target.selector)
-                if key not in self._informers:
-                    self._informers[key] = _Informer(
-                        kind, method, target.namespace, target.selector,
-                        watch_timeout_seconds=watch_timeout_seconds, backoff_seconds=backoff_seconds,
-                        max_backoff_seconds=max_backoff_seconds, stopping=self._stopping,
-                    )
+        self._informers = InformerSet(
+            (("Rollout", list_rollouts), ("ReplicaSet", apps.list_namespaced_replica_set)), self._targets,
+            watch_timeout_seconds=watch_timeout_seconds, backoff_seconds=backoff_seconds,
+            max_backoff_seconds=max_backoff_seconds,
+        )
 
     def sync(self) -> None:
         """List every watched collection now and start the watches. Raises ApiException on a failed LIST."""
-        with self._lock:
-            if self._started:
-                return
-            for informer in self._informers.values():
-                if not informer.synced:
-                    informer.relist()
-            for informer in self._informers.values():
-                informer.start()
-            self._started = True
+        self._informers.sync()
 
     def list_rollouts(self, at: float) -> list[RolloutState]:
-        if not self._started:
-            self.sync()
         seen: set[tuple[str, str]] = set()
         states: list[RolloutState] = []
         for target in self._targets:
-            rollouts = self._informers[("Rollout", target.namespace, target.selector)].snapshot()
-            replicasets = self._informers[("ReplicaSet", target.namespace, target.selector)].snapshot()
+            rollouts = self._informers.snapshot("Rollout", target)
+            replicasets = self._informers.snapshot("ReplicaSet", target)
             for rollout in rollouts:
                 name = str(rollout["metadata"]["name"])
                 if (target.names and name not in target.names) or (target.namespace, name) in seen:
@@ -186,12 +167,10 @@ class ArgoRolloutSource:
         return states
 
     def is_online(self) -> bool:
-        return self._started and all(informer.healthy for informer in self._informers.values())
+        return self._informers.is_online()
 
     def close(self, timeout_seconds: float = 5.0) -> None:
-        self._stopping.set()
-        for informer in self._informers.values():
-            informer.stop(timeout_seconds)
+        self._informers.close(timeout_seconds)
 
 
 def read_rollout(api_client: client.ApiClient, namespace: str, name: str) -> dict[str, Any]:

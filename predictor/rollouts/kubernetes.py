@@ -181,6 +181,65 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+class InformerSet:
+    """The informers of one RolloutSource: one per (kind, namespace, selector) its targets name, listed and started
+    together by `sync`, healthy together, stopped together."""
+
+    def __init__(
+        self,
+        lists: Sequence[tuple[str, Callable[..., Any]]],
+        targets: Sequence[Target],
+        *,
+        watch_timeout_seconds: float,
+        backoff_seconds: float,
+        max_backoff_seconds: float,
+    ) -> None:
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self.started = False
+        self._informers: dict[tuple[str, str, str], _Informer] = {}
+        for target in targets:
+            for kind, method in lists:
+                key = (kind, target.namespace, target.selector)
+                if key not in self._informers:
+                    self._informers[key] = _Informer(
+                        kind, method, target.namespace, target.selector,
+                        watch_timeout_seconds=watch_timeout_seconds,
+                        backoff_seconds=backoff_seconds,
+                        max_backoff_seconds=max_backoff_seconds,
+                        stopping=self._stopping,
+                    )
+
+    def sync(self) -> None:
+        """List every watched collection now and start the watch threads. Raises ApiException (or a
+        connection error) when a LIST fails; idempotent once it has succeeded."""
+        with self._lock:
+            if self.started:
+                return
+            for informer in self._informers.values():
+                if not informer.synced:
+                    informer.relist()
+            for informer in self._informers.values():
+                informer.start()
+            self.started = True
+
+    def snapshot(self, kind: str, target: Target) -> list[dict[str, Any]]:
+        """The cached objects of `kind` for `target`, syncing first if `sync()` was never called."""
+        if not self.started:
+            self.sync()
+        return self._informers[(kind, target.namespace, target.selector)].snapshot()
+
+    def is_online(self) -> bool:
+        """True once synced while no watch is failing (a routine re-list after 410 Gone does not count)."""
+        return self.started and all(informer.healthy for informer in self._informers.values())
+
+    def close(self, timeout_seconds: float = 5.0) -> None:
+        """Stop the watches and wait (up to `timeout_seconds` each) for their threads."""
+        self._stopping.set()
+        for informer in self._informers.values():
+            informer.stop(timeout_seconds)
+
+
 class KubernetesRolloutSource:
     """RolloutSource over the Kubernetes API for the Deployments that `targets` select.
 
@@ -203,41 +262,19 @@ class KubernetesRolloutSource:
         """`watch_timeout_seconds`: how long the server keeps one watch open (default 300). `backoff_seconds`
         (default 1) doubles after each failed attempt up to `max_backoff_seconds` (default 60)."""
         self._targets = tuple(targets)
-        self._stopping = threading.Event()
-        self._started = False
-        self._start_lock = threading.Lock()
         self._warned_orphans: set[tuple[str, str]] = set()
         apps = client.AppsV1Api(api_client)
         core = client.CoreV1Api(api_client)
-        self._informers: dict[tuple[str, str, str], _Informer] = {}
-        for target in self._targets:
-            for kind, method in (
-                ("Deployment", apps.list_namespaced_deployment),
-                ("ReplicaSet", apps.list_namespaced_replica_set),
-                ("Pod", core.list_namespaced_pod),
-            ):
-                key = (kind, target.namespace, target.selector)
-                if key not in self._informers:
-                    self._informers[key] = _Informer(
-                        kind, method, target.namespace, target.selector,
-                        watch_timeout_seconds=watch_timeout_seconds,
-                        backoff_seconds=backoff_seconds,
-                        max_backoff_seconds=max_backoff_seconds,
-                        stopping=self._stopping,
-                    )
+        self._informers = InformerSet(
+            (("Deployment", apps.list_namespaced_deployment), ("ReplicaSet", apps.list_namespaced_replica_set),
+             ("Pod", core.list_namespaced_pod)),
+            self._targets, watch_timeout_seconds=watch_timeout_seconds, backoff_seconds=backoff_seconds,
+            max_backoff_seconds=max_backoff_seconds,
+        )
 
     def sync(self) -> None:
-        """List every watched collection now and start the watch threads. Raises ApiException (or a
-        connection error) when a LIST fails; idempotent once it has succeeded."""
-        with self._start_lock:
-            if self._started:
-                return
-            for informer in self._informers.values():
-                if not informer.synced:
-                    informer.relist()
-            for informer in self._informers.values():
-                informer.start()
-            self._started = True
+        """List every watched collection now and start the watch threads (`InformerSet.sync`)."""
+        self._informers.sync()
 
     def list_rollouts(self, at: float) -> list[RolloutState]:
         """State of every targeted Deployment from the cache (`at` is ignored: the cache is the present).
@@ -245,14 +282,12 @@ class KubernetesRolloutSource:
         Syncs first if `sync()` was never called. While a watch is failing the cache is served as last seen,
         and `is_online()` is False.
         """
-        if not self._started:
-            self.sync()
         seen: set[tuple[str, str]] = set()
         states: list[RolloutState] = []
         for target in self._targets:
-            deployments = self._informers[("Deployment", target.namespace, target.selector)].snapshot()
-            replicasets = self._informers[("ReplicaSet", target.namespace, target.selector)].snapshot()
-            pods = self._informers[("Pod", target.namespace, target.selector)].snapshot()
+            deployments = self._informers.snapshot("Deployment", target)
+            replicasets = self._informers.snapshot("ReplicaSet", target)
+            pods = self._informers.snapshot("Pod", target)
             for deployment in deployments:
                 name = str(deployment["metadata"]["name"])
                 key = (target.namespace, name)
@@ -283,10 +318,8 @@ class KubernetesRolloutSource:
 
     def is_online(self) -> bool:
         """True once synced while no watch is failing (a routine re-list after 410 Gone does not count)."""
-        return self._started and all(informer.healthy for informer in self._informers.values())
+        return self._informers.is_online()
 
     def close(self, timeout_seconds: float = 5.0) -> None:
         """Stop the watches and wait (up to `timeout_seconds` each) for their threads."""
-        self._stopping.set()
-        for informer in self._informers.values():
-            informer.stop(timeout_seconds)
+        self._informers.close(timeout_seconds)
