@@ -336,7 +336,13 @@ def test_stop_ends_open_watches_promptly() -> None:
 
     thread = threading.Thread(target=consume)
     thread.start()
-    assert fake.wait_for(lambda: bool(fake.requests_matching("GET", r"/api/v1/namespaces/default/pods")))
+    # Wait for the watch itself: the warm-up list matches the same path.
+    assert fake.wait_for(
+        lambda: any(
+            request.query.get("watch") == ["true"]
+            for request in fake.requests_matching("GET", r"/api/v1/namespaces/default/pods")
+        )
+    )
     started = time.monotonic()
     fake.stop()
     assert time.monotonic() - started < 2
