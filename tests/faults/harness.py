@@ -16,10 +16,8 @@ import yaml
 
 from tests.fakes.kubeapi import FakeKubeAPI, make_deployment
 from tests.fixtures.alertmanager import RecordingServer, webhook_alerts
-from tests.fixtures.prometheus import key
 from tests.integration.live import (
     GOOD_ERROR_SHARE,
-    REQUESTS_PER_SECOND,
     TrafficFeeder,
     image_of,
     set_image,
@@ -171,24 +169,6 @@ class RampingFeeder(TrafficFeeder):
         self.ramp_per_second = ramp_per_second
         self.first_seen: dict[str, float] = {}
 
-    def tick(self, seconds: float) -> None:
-        bad = self._bad_replicasets()
-        pods = [p["metadata"]["name"] for p in self.fake.list("v1", "Pod", self.namespace)]
-        live = set()
-        now = time.monotonic()
-        for pod in pods:
-            share = GOOD_ERROR_SHARE
-            if pod.rsplit("-", 1)[0] in bad:
-                since = now - self.first_seen.setdefault(pod, now)
-                share = min(0.5, GOOD_ERROR_SHARE + self.ramp_per_second * since)
-            total = REQUESTS_PER_SECOND * seconds
-            for code, amount in (("200", total * (1 - share)), ("500", total * share)):
-                series = key("http_requests_total", namespace=self.namespace, pod=pod, code=code)
-                self.counts[(pod, code)] = self.counts.get((pod, code), 0.0) + amount
-                self.live.exporter.set(series, self.counts[(pod, code)])
-                live.add(series)
-        for pod, code in list(self.counts):
-            series = key("http_requests_total", namespace=self.namespace, pod=pod, code=code)
-            if series not in live:
-                self.live.exporter.remove(series)
-                del self.counts[(pod, code)]
+    def bad_share(self, pod: str) -> float:
+        since = time.monotonic() - self.first_seen.setdefault(pod, time.monotonic())
+        return min(0.5, GOOD_ERROR_SHARE + self.ramp_per_second * since)

@@ -25,17 +25,59 @@ BAD_ERROR_SHARE = 0.10
 GOOD_ERROR_SHARE = 0.005
 
 
-class TrafficFeeder:
-    """Plays the pods' HTTP servers: per pod counters of requests by code, in the exporter Prometheus scrapes.
+class CounterFeeder:
+    """Plays the HTTP servers of a release's workers (pods, Swarm tasks): per worker counters of requests by code,
+    in the exporter Prometheus scrapes, at `REQUESTS_PER_SECOND` each. Subclasses say which workers run now, with
+    their labels and error share; a worker that stops running loses its series."""
 
-    Pods of a ReplicaSet whose template runs one of `bad_images` answer 10 % errors, the others 0.5 %.
-    """
-
-    def __init__(self, fake: FakeKubeAPI, live: LivePrometheus, namespace: str, bad_images: Collection[str]) -> None:
-        self.fake, self.live, self.namespace, self.bad_images = fake, live, namespace, set(bad_images)
-        self.counts: dict[tuple[str, str], float] = {}
+    def __init__(self, live: LivePrometheus) -> None:
+        self.live = live
+        self.counts: dict[str, float] = {}
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name="traffic", daemon=True)
+
+    def workers(self) -> list[tuple[dict[str, str], float]]:
+        """(labels, error share) of every worker serving now."""
+        raise NotImplementedError
+
+    def tick(self, seconds: float) -> None:
+        total = REQUESTS_PER_SECOND * seconds
+        live = set()
+        for labels, share in self.workers():
+            for code, amount in (("200", total * (1 - share)), ("500", total * share)):
+                series = key("http_requests_total", **labels, code=code)
+                self.counts[series] = self.counts.get(series, 0.0) + amount
+                self.live.exporter.set(series, self.counts[series])
+                live.add(series)
+        for series in list(self.counts):
+            if series not in live:
+                self.live.exporter.remove(series)
+                del self.counts[series]
+
+    def _run(self) -> None:
+        last = time.monotonic()
+        while not self.stop.wait(0.25):
+            now = time.monotonic()
+            self.tick(now - last)
+            last = now
+
+    def __enter__(self) -> CounterFeeder:
+        self.tick(0.0)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(5)
+
+
+class TrafficFeeder(CounterFeeder):
+    """The pods of a namespace in the fake API server: pods of a ReplicaSet whose template runs one of
+    `bad_images` answer 10 % errors (`bad_share`, which a subclass may grow), the others 0.5 %."""
+
+    def __init__(self, fake: FakeKubeAPI, live: LivePrometheus, namespace: str, bad_images: Collection[str]) -> None:
+        super().__init__(live)
+        self.fake, self.namespace, self.bad_images = fake, namespace, set(bad_images)
 
     def _bad_replicasets(self) -> set[str]:
         bad = set()
@@ -45,37 +87,16 @@ class TrafficFeeder:
                 bad.add(rs["metadata"]["name"])
         return bad
 
-    def tick(self, seconds: float) -> None:
+    def bad_share(self, pod: str) -> float:
+        return BAD_ERROR_SHARE
+
+    def workers(self) -> list[tuple[dict[str, str], float]]:
         bad = self._bad_replicasets()
-        pods = [p["metadata"]["name"] for p in self.fake.list("v1", "Pod", self.namespace)]
-        live = set()
-        for pod in pods:
-            owner = pod.rsplit("-", 1)[0]
-            share = BAD_ERROR_SHARE if owner in bad else GOOD_ERROR_SHARE
-            total = REQUESTS_PER_SECOND * seconds
-            for code, amount in (("200", total * (1 - share)), ("500", total * share)):
-                series = key("http_requests_total", namespace=self.namespace, pod=pod, code=code)
-                self.counts[(pod, code)] = self.counts.get((pod, code), 0.0) + amount
-                self.live.exporter.set(series, self.counts[(pod, code)])
-                live.add(series)
-        for pod, code in list(self.counts):
-            series = key("http_requests_total", namespace=self.namespace, pod=pod, code=code)
-            if series not in live:
-                self.live.exporter.remove(series)
-                del self.counts[(pod, code)]
-
-    def _run(self) -> None:
-        while not self.stop.wait(0.25):
-            self.tick(0.25)
-
-    def __enter__(self) -> TrafficFeeder:
-        self.tick(0.0)
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join(5)
+        out = []
+        for pod in (p["metadata"]["name"] for p in self.fake.list("v1", "Pod", self.namespace)):
+            share = self.bad_share(pod) if pod.rsplit("-", 1)[0] in bad else GOOD_ERROR_SHARE
+            out.append(({"namespace": self.namespace, "pod": pod}, share))
+        return out
 
 
 def write_config(

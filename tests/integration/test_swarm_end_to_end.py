@@ -7,7 +7,6 @@ before the service as a whole reaches 5 % errors; a good image beside it is left
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 from collections.abc import Collection
@@ -20,11 +19,11 @@ from predictor.rollouts.state import parse_time
 from predictor.rollouts.swarm import task_name
 from tests.fixtures.alertmanager import RecordingServer, free_port, webhook_alerts
 from tests.fixtures.docker import Swarm
-from tests.fixtures.prometheus import LivePrometheus, key
+from tests.fixtures.prometheus import LivePrometheus
 from tests.integration.live import (
     BAD_ERROR_SHARE,
     GOOD_ERROR_SHARE,
-    REQUESTS_PER_SECOND,
+    CounterFeeder,
     start_daemon,
     stop_daemon,
     wait_for_first_tick,
@@ -35,58 +34,29 @@ pytestmark = [pytest.mark.prometheus, pytest.mark.alertmanager]
 TASK_LABEL = "container_label_com_docker_swarm_task_name"
 
 
-class TaskTrafficFeeder:
-    """Plays the tasks' HTTP servers: per task counters of requests by code, in the exporter Prometheus scrapes,
-    keyed by the task names the Docker API gives. Tasks running one of `bad_images` answer 10 % errors, others
-    0.5 %. `history` keeps (time, bad tasks, good tasks) of every service at every step."""
+class TaskTrafficFeeder(CounterFeeder):
+    """The tasks of Swarm services, keyed by the task names the Docker API gives: tasks running one of
+    `bad_images` answer 10 % errors, others 0.5 %. `history` keeps (time, bad tasks, good tasks) of every service at
+    every step."""
 
     def __init__(self, swarm: Swarm, live: LivePrometheus, services: Collection[str],
                  bad_images: Collection[str]) -> None:
-        self.swarm, self.live, self.services, self.bad_images = swarm, live, tuple(services), set(bad_images)
-        self.counts: dict[tuple[str, str], float] = {}
+        super().__init__(live)
+        self.swarm, self.services, self.bad_images = swarm, tuple(services), set(bad_images)
         self.history: dict[str, list[tuple[float, int, int]]] = {name: [] for name in self.services}
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, name="task-traffic", daemon=True)
 
-    def tick(self, seconds: float) -> None:
+    def workers(self) -> list[tuple[dict[str, str], float]]:
         assert self.swarm.api is not None
-        live = set()
+        out = []
         now = time.time()
         for name in self.services:
             bad = good = 0
             for task in running_tasks(self.swarm, name):
                 is_bad = task["Spec"]["ContainerSpec"]["Image"] in self.bad_images
                 bad, good = bad + is_bad, good + (not is_bad)
-                share = BAD_ERROR_SHARE if is_bad else GOOD_ERROR_SHARE
-                total = REQUESTS_PER_SECOND * seconds
-                task_id = task_name(name, task)
-                for code, amount in (("200", total * (1 - share)), ("500", total * share)):
-                    series = key("http_requests_total", **{TASK_LABEL: task_id, "code": code})
-                    self.counts[(task_id, code)] = self.counts.get((task_id, code), 0.0) + amount
-                    self.live.exporter.set(series, self.counts[(task_id, code)])
-                    live.add(series)
+                out.append(({TASK_LABEL: task_name(name, task)}, BAD_ERROR_SHARE if is_bad else GOOD_ERROR_SHARE))
             self.history[name].append((now, bad, good))
-        for task_id, code in list(self.counts):
-            series = key("http_requests_total", **{TASK_LABEL: task_id, "code": code})
-            if series not in live:
-                self.live.exporter.remove(series)
-                del self.counts[(task_id, code)]
-
-    def _run(self) -> None:
-        last = time.monotonic()
-        while not self.stop.wait(0.25):
-            now = time.monotonic()
-            self.tick(now - last)
-            last = now
-
-    def __enter__(self) -> TaskTrafficFeeder:
-        self.tick(0.0)
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join(5)
+        return out
 
 
 def write_config(path: Path, *, prometheus: str, alertmanager: str, docker_host: str, team: str) -> None:
